@@ -1,0 +1,5 @@
+import sys
+
+from raylsl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""Command line: ``raylsl train`` and ``raylsl eval``.
+
+Each command maps to a plain function in `raylsl.recipes`. Positional arguments are an optional
+YAML config (or run directory) followed by ``key=value`` overrides (``lora.r=16 layers=15-29``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+from raylsl.errors import RaylslError
+
+
+def _split_positionals(items: list[str]) -> tuple[str | None, list[str]]:
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from raylsl.config import SMOKE_OVERRIDES, load_config
+    from raylsl.recipes import train as recipe
+
+    source, overrides = _split_positionals(args.items)
+    if args.resume:
+        if source or overrides:
+            raise RaylslError("--resume takes the run directory alone; its config.yaml already holds the settings")
+        results = recipe.resume(args.resume, progress=not args.no_progress)
+    else:
+        extra = dict(SMOKE_OVERRIDES) if args.smoke else {}
+        if args.layers is not None:
+            overrides = overrides + [f"layers={args.layers}"]
+        config = load_config(source, [f"{k}={v}" for k, v in extra.items()] + overrides)
+        results = recipe.train(config, progress=not args.no_progress)
+    print(recipe.summary(results))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from raylsl.recipes.evaluate import evaluate_target
+
+    target, overrides = _split_positionals(args.items)
+    print(json.dumps(evaluate_target(target, overrides, args.split), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raylsl", description="Layer-selective LoRA fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune with LoRA on chosen blocks, evaluate before/after")
+    train.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [KEY=VALUE ...]",
+                       help="optional YAML config, then overrides such as lora.r=16 task=quartz")
+    train.add_argument("--layers", help="blocks to adapt: all, 15-29, 0,3,7 (same as layers=...)")
+    train.add_argument("--smoke", action="store_true", help="a few steps on a few examples, end to end")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="test accuracy of a run's adapter or of a base model")
+    evaluate.add_argument("items", nargs="*", metavar="[RUN_DIR|CONFIG.yaml] [KEY=VALUE ...]")
+    evaluate.add_argument("--split", default="test", help="test (default) or validation")
+    evaluate.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Options may sit between overrides (`train x.yaml --smoke lora.r=4`): collect the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.items = args.items + extra
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except RaylslError as exc:
+        print(f"raylsl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raylsl: interrupted; resume with `raylsl train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (load reports, deprecations) buries raylsl's own messages."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

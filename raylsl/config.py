@@ -1,0 +1,276 @@
+"""Run configuration: frozen dataclasses loaded from YAML plus ``key=value`` overrides.
+
+Every field is documented where it is declared. Unknown keys and out-of-range values raise
+`ConfigError` naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raylsl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    """LoRA rank."""
+    alpha: float = 16.0
+    """LoRA alpha; the adapter output is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: tuple[str, ...] | None = None
+    """Leaf names of the linear layers to adapt; None adapts every nn.Linear inside a block."""
+
+    def __post_init__(self) -> None:
+        _check(self.r > 0, "lora.r", self.r, "must be a positive integer (try lora.r=8)")
+        _check(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
+        _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "must be in [0, 1)")
+        _check(self.target_modules is None or len(self.target_modules) > 0,
+               "lora.target_modules", self.target_modules, "must name at least one module or be null")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    test_size: int = 500
+    """Examples held out for final evaluation (never seen by training or selection)."""
+    val_size: int = 200
+    """Examples held out of train for validation (selectors and tuning may use these)."""
+    train_size: int | None = None
+    """Cap on training examples after the split; None keeps all."""
+    seed: int = 0
+    """Seed of the train/validation/test split."""
+    max_length: int = 128
+    """Token budget per (context, choice) sequence; the context is truncated from the left."""
+
+    def __post_init__(self) -> None:
+        _check(self.test_size > 0, "data.test_size", self.test_size, "must be > 0")
+        _check(self.val_size >= 0, "data.val_size", self.val_size, "must be >= 0")
+        _check(self.train_size is None or self.train_size > 0, "data.train_size", self.train_size,
+               "must be > 0 or null")
+        _check(self.max_length >= 8, "data.max_length", self.max_length, "must be >= 8")
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    name: str = "sarcasm"
+    """A catalog name (sarcasm, quartz, socialiqa), a JSONL/CSV/Parquet path, or hf:DATASET[:CONFIG]."""
+    context_field: str = "context"
+    """Column holding the prompt (files and HF datasets)."""
+    choices_field: str = "choices"
+    """Column holding the list of answer strings."""
+    label_field: str = "label"
+    """Column holding the index of the correct answer."""
+    split: str = "train"
+    """Split to read from an HF dataset; raylsl makes its own train/validation/test from it."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 100
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Examples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 2e-4
+    """Peak learning rate (AdamW), reached after warmup, then cosine decay to 0."""
+    warmup_steps: int = 10
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables clipping."""
+    seed: int = 0
+    """Seed for adapter init, data order and dropout."""
+    precision: str = "auto"
+    """auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16."""
+    checkpoint_every: int = 50
+    """Save adapter + optimizer state every N steps (0: only at the end)."""
+    eval_batch_size: int = 32
+    """Examples per evaluation batch."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps > 0, "train.steps", self.steps, "must be > 0")
+        _check(self.batch_size > 0, "train.batch_size", self.batch_size, "must be > 0")
+        _check(self.grad_accum > 0, "train.grad_accum", self.grad_accum, "must be > 0")
+        _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        _check(0 <= self.warmup_steps, "train.warmup_steps", self.warmup_steps, "must be >= 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision", self.precision,
+               "must be auto, fp32 or bf16")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every,
+               "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "smollm2-135m"
+    """Model name (smollm2-135m, minilm-l6, tiny-llama, tiny-bert), a local directory or a hub name."""
+    task: TaskSettings = field(default_factory=TaskSettings)
+    """The task; a plain string is shorthand for task.name."""
+    layers: str = "all"
+    """Blocks that get adapters: all, a range 15-29, a list 0,3,7 (ranges may mix: 0-3,10)."""
+    blocks_path: str | None = None
+    """Dotted path of the block ModuleList (e.g. model.layers) when discovery cannot find it."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    output_dir: str = "runs"
+    """Directory under which each run gets its own folder."""
+    name: str | None = None
+    """Run folder name; None derives one from model, task, layers and time."""
+    eval_before: bool = True
+    """Evaluate the base model on the test split before training."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# Overrides applied by ``--smoke``: a few steps on a few examples, end to end.
+SMOKE_OVERRIDES = {
+    "train.steps": 4,
+    "train.batch_size": 4,
+    "train.warmup_steps": 1,
+    "train.checkpoint_every": 2,
+    "train.eval_batch_size": 8,
+    "data.test_size": 16,
+    "data.val_size": 8,
+    "data.train_size": 64,
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """Builds a `RunConfig` from an optional YAML file and overrides.
+
+    Args:
+        path: YAML file; None starts from the defaults.
+        overrides: ``["lora.r=4", "layers=15-29"]`` (values parsed as YAML scalars) or a
+            dict of dotted keys to values; applied after the file.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or out-of-range value.
+    """
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of keys to values at the top level")
+    parsed = _parse_overrides(overrides)
+    if parsed:
+        only_overrides: dict[str, Any] = {}
+        for key, value in parsed.items():
+            _set_dotted(only_overrides, key, value)
+        from_dict(RunConfig, only_overrides, source="the command-line overrides")  # names the culprit
+        source += " + overrides"
+    for key, value in parsed.items():
+        _set_dotted(raw, key, value)
+    return from_dict(RunConfig, raw, source=source)
+
+
+def from_dict(cls: type, raw: dict[str, Any], source: str = "config", prefix: str = "") -> Any:
+    """Builds dataclass ``cls`` from a nested dict, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = prefix + unknown[0]
+        raise ConfigError(f"unknown key '{key}' in {source}; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {name: _coerce(hints[name], value, source, prefix + name) for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, str) and hint is TaskSettings:
+            return TaskSettings(name=value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' in {source} must be a mapping, got {value!r}")
+        return from_dict(hint, value, source, prefix=key + ".")
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, source, key)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"'{key}' in {source} must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, source, key) for v in items)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 2e-4 (no dot) as a string
+        except ValueError:
+            pass
+    if hint is str and isinstance(value, (int, list)) and not isinstance(value, bool):
+        # `layers: 5` or `layers: [0, 3]` in YAML mean the same as the string forms.
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"'{key}' in {source} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. lora.r=16)")
+        try:
+            parsed[key.strip()] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            parsed[key.strip()] = text
+    return parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.get(part)
+        if isinstance(child, str) and part == "task":
+            child = {"name": child}
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set '{key}': '{part}' is not a section")
+        node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def _check(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} {rule}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj

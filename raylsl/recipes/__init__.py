@@ -1,0 +1,1 @@
+"""Runnable flows (train, eval), each a sequence of named steps over the library."""

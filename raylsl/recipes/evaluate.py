@@ -1,0 +1,43 @@
+"""``raylsl eval``: test accuracy of a trained run's adapter, or of a base model from a config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from raylsl.config import load_config
+from raylsl.errors import ConfigError
+from raylsl.objective import evaluate
+from raylsl.recipes.train import prepare
+from raylsl.training.loop import autocast_for
+
+
+def evaluate_target(target: str | None, overrides: list[str], split: str = "test") -> dict[str, Any]:
+    """Evaluates a run directory (its config and ``adapter/``) or a config file (the base model).
+
+    Args:
+        target: a run directory, a YAML config, or None for the defaults.
+        overrides: ``key=value`` overrides applied on top.
+        split: ``test`` or ``validation``.
+    """
+    if split not in ("test", "validation"):
+        raise ConfigError(f"--split {split!r}: choose test or validation")
+    path = Path(target) if target else None
+    adapter = None
+    if path is not None and path.is_dir():
+        adapter = path / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            raise ConfigError(f"{path} holds no finished adapter ({adapter} is missing); train it to the "
+                              f"end, or `raylsl train --resume {path}`")
+        path = path / "config.yaml"
+    prepared = prepare(load_config(path, overrides))
+    model = prepared.model
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    examples = getattr(prepared.task, split)
+    autocast = autocast_for(prepared.config.train, next(model.parameters()).device)
+    metrics = evaluate(model, prepared.objective, examples, prepared.config.train.eval_batch_size, autocast)
+    return {"model": prepared.config.model, "task": prepared.config.task.name, "adapter": str(adapter) if adapter else None,
+            "split": split, **metrics}
