@@ -209,7 +209,8 @@ def _tiny_llama() -> tuple[nn.Module, object]:
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                         initializer_range=0.2)  # a frozen random head with std 0.02 caps logits near 0
     with torch.random.fork_rng():
         torch.manual_seed(1234)  # the same "base model" in every process
         model = LlamaForCausalLM(config)
@@ -222,7 +223,7 @@ def _tiny_bert() -> tuple[nn.Module, object]:
     tokenizer = byte_tokenizer(encoder=True)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                         num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=512,
-                        pad_token_id=tokenizer.pad_token_id)
+                        pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
     with torch.random.fork_rng():
         torch.manual_seed(1234)
         model = AutoModelForMultipleChoice.from_config(config)

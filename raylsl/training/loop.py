@@ -107,6 +107,7 @@ def train_loop(model: nn.Module, objective: Objective, examples: list[MCExample]
     optimizer, scheduler = build_optimizer(model, settings)
     state = LoopState(model, optimizer, settings, run_dir)
     state.step = resumed = restore_latest(run_dir, model, optimizer, scheduler)
+    run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, resumed)
     autocast = autocast_for(settings, device)

