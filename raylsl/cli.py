@@ -40,6 +40,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    from raylsl.config import load_config
+    from raylsl.recipes import select as recipe
+
+    source, overrides = _split_positionals(args.items)
+    flags = {"model": args.model, "task": args.task, "selector": args.selector, "n": args.n}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + overrides
+    selection, run_dir = recipe.select(load_config(source, overrides))
+    print(recipe.summary(selection, run_dir))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from raylsl.recipes.evaluate import evaluate_target
 
@@ -60,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    select = sub.add_parser("select", help="score the blocks and choose which to adapt (no training)")
+    select.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [KEY=VALUE ...]",
+                        help="optional YAML config, then overrides such as cka.pooling=mean calibration.size=64")
+    select.add_argument("--model", help="model name (same as model=...)")
+    select.add_argument("--task", help="task name or file (same as task=...)")
+    select.add_argument("--selector", help="selector name (same as selector=...)")
+    select.add_argument("--n", help="block count (15) or fraction (0.5) (same as n=...)")
+    select.set_defaults(func=cmd_select)
 
     evaluate = sub.add_parser("eval", help="test accuracy of a run's adapter or of a base model")
     evaluate.add_argument("items", nargs="*", metavar="[RUN_DIR|CONFIG.yaml] [KEY=VALUE ...]")

@@ -111,6 +111,20 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class CalibrationSettings:
+    size: int = 128
+    """Calibration examples for static selectors, drawn from the train split."""
+    seed: int = 0
+    """Seed of the calibration draw."""
+    batch_size: int = 16
+    """Examples per scoring forward pass."""
+
+    def __post_init__(self) -> None:
+        _check(self.size > 0, "calibration.size", self.size, "must be > 0")
+        _check(self.batch_size > 0, "calibration.batch_size", self.batch_size, "must be > 0")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: str = "smollm2-135m"
     """Model name (smollm2-135m, minilm-l6, tiny-llama, tiny-bert), a local directory or a hub name."""
@@ -118,6 +132,17 @@ class RunConfig:
     """The task; a plain string is shorthand for task.name."""
     layers: str = "all"
     """Blocks that get adapters: all, a range 15-29, a list 0,3,7 (ranges may mix: 0-3,10)."""
+    selector: str | None = None
+    """Selector that chooses the blocks (see `raylsl.selectors.available_selectors()`); None uses layers."""
+    n: int | float | None = None
+    """Selector budget: a block count (15) or a fraction of the blocks (0.5)."""
+    threshold: float | None = None
+    """Alternative budget: keep blocks whose score is >= threshold."""
+    mass: float | None = None
+    """Alternative budget: the fewest top blocks whose normalized scores sum to >= mass."""
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    selector_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-selector options, written in YAML as a section named after the selector (cka: {pooling: mean})."""
     blocks_path: str | None = None
     """Dotted path of the block ModuleList (e.g. model.layers) when discovery cannot find it."""
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -130,8 +155,23 @@ class RunConfig:
     eval_before: bool = True
     """Evaluate the base model on the test split before training."""
 
+    def __post_init__(self) -> None:
+        from raylsl.selectors import Budget, build_selector
+
+        if self.selector is not None and self.layers != "all":
+            raise ConfigError(f"give either layers={self.layers} or selector={self.selector}, not both")
+        for name, options in self.selector_options.items():
+            build_selector(name, options)
+        if self.selector is not None:
+            selector = build_selector(self.selector, self.selector_options.get(self.selector))
+            budget = Budget(self.n, self.threshold, self.mass)
+            if selector.uses_budget and budget == Budget():
+                raise ConfigError(f"selector={self.selector} needs a budget: n=15 (blocks), n=0.5 (fraction), "
+                                  f"threshold=... or mass=...")
+
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
+        plain = _to_plain(dataclasses.asdict(self))
+        return {**{k: v for k, v in plain.items() if k != "selector_options"}, **plain["selector_options"]}
 
 
 # Overrides applied by ``--smoke``: a few steps on a few examples, end to end.
@@ -177,11 +217,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         only_overrides: dict[str, Any] = {}
         for key, value in parsed.items():
             _set_dotted(only_overrides, key, value)
-        from_dict(RunConfig, only_overrides, source="the command-line overrides")  # names the culprit
+        _run_config(only_overrides, source="the command-line overrides")  # names the culprit
         source += " + overrides"
     for key, value in parsed.items():
         _set_dotted(raw, key, value)
-    return from_dict(RunConfig, raw, source=source)
+    return _run_config(raw, source)
+
+
+def _run_config(raw: dict[str, Any], source: str) -> RunConfig:
+    """`from_dict` for RunConfig, with sections named after a selector gathered as its options."""
+    from raylsl.selectors import available_selectors
+
+    raw = dict(raw)
+    options = {name: raw.pop(name) for name in available_selectors() if name in raw}
+    for name, value in options.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{name}' in {source} must be a mapping of {name}'s options")
+    config = from_dict(RunConfig, raw, source=source)
+    return dataclasses.replace(config, selector_options=options) if options else config
 
 
 def from_dict(cls: type, raw: dict[str, Any], source: str = "config", prefix: str = "") -> Any:
@@ -208,8 +261,16 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, source, key)
+        inner = [a for a in args if a is not type(None)]
+        if set(inner) == {int, float}:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return value
+            raise ConfigError(f"'{key}' in {source} must be a number, got {value!r}")
+        return _coerce(inner[0], value, source, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' in {source} must be a mapping, got {value!r}")
+        return value
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):

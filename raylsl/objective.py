@@ -18,11 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from raylsl.data import MCExample
-from raylsl.models import ENCODER
+from raylsl.models import DECODER, ENCODER
 
 
 class Objective(Protocol):
     """What the training loop and evaluation need from a model family."""
+
+    kind: str
+    """decoder or encoder."""
 
     def batch(self, examples: list[MCExample], train: bool) -> dict[str, torch.Tensor]: ...
 
@@ -36,6 +39,8 @@ def make_objective(kind: str, tokenizer, max_length: int) -> Objective:
 
 
 class DecoderMC:
+    kind = DECODER
+
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -84,6 +89,8 @@ class DecoderMC:
 
 
 class EncoderMC:
+    kind = ENCODER
+
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
         self.max_length = max_length

@@ -27,6 +27,8 @@ from raylsl.errors import ConfigError
 from raylsl.lora import adapted_blocks, apply_lora, count_trainable, parse_layers
 from raylsl.models import ModelSpec, find_blocks, resolve_model
 from raylsl.objective import Objective, evaluate, make_objective
+from raylsl.selectors import Budget, Selection, build_selector, select_blocks
+from raylsl.selectors.report import plot_scores
 from raylsl.training.loop import autocast_for, seed_everything, train_loop
 
 
@@ -43,25 +45,39 @@ class Prepared:
     layers: list[int]
     task: TaskSplits
     objective: Objective
+    selection: Selection | None
+    """How a selector chose ``layers``; None when the config lists them."""
 
 
 def prepare(config: RunConfig) -> Prepared:
-    """Resolves and validates everything a run needs; raises `RaylslError` on bad input."""
+    """Resolves and validates everything a run needs, running the selector if one is configured;
+    raises `RaylslError` on bad input."""
     spec = resolve_model(config.model)
     task = load_task(config.task, config.data)
     model, tokenizer = spec.load()
     blocks_path, blocks = find_blocks(model, config.blocks_path)
-    layers = parse_layers(config.layers, len(blocks))
+    if config.selector is None:
+        layers = parse_layers(config.layers, len(blocks))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     objective = make_objective(spec.kind, tokenizer, config.data.max_length)
-    return Prepared(config, spec, model, tokenizer, blocks_path, len(blocks), layers, task, objective)
+    selection = None
+    if config.selector is not None:
+        selection = select_blocks(
+            model, blocks, objective, task.train,
+            build_selector(config.selector, config.selector_options.get(config.selector)),
+            Budget(config.n, config.threshold, config.mass), config.calibration,
+            config.lora.target_modules, config.data.max_length)
+        layers = selection.layers
+    return Prepared(config, spec, model, tokenizer, blocks_path, len(blocks), layers, task, objective, selection)
+
+
 
 
 def train(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Runs a fresh training run; returns the results also written to ``results.json``."""
     prepared = prepare(config)
-    return _run(prepared, _create_run_dir(config), progress)
+    return _run(prepared, create_run_dir(config), progress)
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -77,6 +93,8 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
     config = prepared.config
     started = time.perf_counter()
     _write_json(run_dir / "run.json", {"status": "running", "layers": prepared.layers})
+    if prepared.selection is not None:
+        write_selection(prepared.selection, run_dir)
     try:
         before = _evaluate_before(prepared, run_dir)
         seed_everything(config.train.seed)
@@ -95,6 +113,7 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
         "model": config.model, "task": config.task.name, "layers": prepared.layers,
         "adapted_blocks": adapted_blocks(model, prepared.blocks_path), "num_blocks": prepared.num_blocks,
         "params": params, "before": before, "after": after, "train": loop,
+        "selector": config.selector, "selection_time_s": prepared.selection.seconds if prepared.selection else 0.0,
         "wall_time_s": time.perf_counter() - started, "run_dir": str(run_dir),
     }
     _write_json(run_dir / "results.json", results)
@@ -116,9 +135,16 @@ def _evaluate_before(prepared: Prepared, run_dir: Path) -> dict[str, float] | No
     return before
 
 
-def _create_run_dir(config: RunConfig) -> Path:
-    name = config.name or "{}-{}-{}".format(
-        Path(config.model).name, Path(config.task.name).stem, datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
+def write_selection(selection: Selection, run_dir: Path) -> None:
+    """Records which blocks were chosen and why: ``scores.json`` and the ``scores.png`` bar plot."""
+    _write_json(run_dir / "scores.json", selection.to_dict())
+    plot_scores(selection, run_dir / "scores.png")
+
+
+def create_run_dir(config: RunConfig, prefix: str = "") -> Path:
+    """A fresh run directory holding the resolved ``config.yaml``; refuses to reuse a non-empty one."""
+    name = config.name or "{}{}-{}-{}".format(
+        prefix, Path(config.model).name, Path(config.task.name).stem, datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
     run_dir = Path(config.output_dir) / name
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run directory {run_dir} already exists; choose another name=, or continue "
@@ -148,9 +174,10 @@ def format_layers(layers: list[int]) -> str:
 def summary(results: dict[str, Any]) -> str:
     """Human-readable summary of a finished run."""
     p, before, after = results["params"], results["before"], results["after"]
+    chosen_by = f"chosen by {results['selector']} in {results['selection_time_s']:.1f} s" if results["selector"] else "as configured"
     lines = [
         f"model {results['model']}  task {results['task']}  blocks {format_layers(results['layers'])} "
-        f"({len(results['layers'])}/{results['num_blocks']})",
+        f"({len(results['layers'])}/{results['num_blocks']}, {chosen_by})",
         f"trainable parameters: {p['trainable']:,} (adapters {p['adapter']:,}, head {p['head']:,}) "
         f"= {100 * p['trainable'] / p['total']:.3f}% of {p['total']:,}",
     ]

@@ -1,0 +1,59 @@
+"""The Python entry points: `select_layers` (and, re-exported, `load_config`, `train`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from raylsl.config import CalibrationSettings, DataSettings, TaskSettings
+from raylsl.data import MCExample, TaskSplits, load_task
+from raylsl.errors import ConfigError
+from raylsl.models import _ENCODER_TYPES, DECODER, ENCODER, find_blocks, resolve_model
+from raylsl.objective import make_objective
+from raylsl.selectors import Budget, Selection, build_selector, select_blocks
+
+
+def select_layers(model: str | nn.Module, data: str | TaskSplits | list[MCExample], selector: str = "cka",
+                  n: int | float | None = None, *, threshold: float | None = None, mass: float | None = None,
+                  tokenizer: Any = None, options: dict[str, Any] | None = None, calibration_size: int = 128,
+                  calibration_seed: int = 0, batch_size: int = 16, target_modules: tuple[str, ...] | None = None,
+                  blocks_path: str | None = None, max_length: int = 128, use_cache: bool = True) -> Selection:
+    """Scores a model's blocks and chooses which to adapt.
+
+    Args:
+        model: a model name (``smollm2-135m``, a directory, a hub id) or a loaded HF model
+            (then ``tokenizer`` is required).
+        data: a task name/path, a `TaskSplits` (its train split is used), or training examples.
+        selector: a registered selector name (`raylsl.selectors.available_selectors()`).
+        n: block count (15) or fraction of the blocks (0.5); or give ``threshold``/``mass``.
+        options: the selector's options, e.g. ``{"pooling": "mean"}`` for cka.
+        calibration_size, calibration_seed: the seeded draw from the train examples.
+
+    Returns:
+        A `Selection` with ``.scores`` (`LayerScores`), ``.layers`` (sorted indices),
+        ``.seconds`` and ``.cached``.
+
+    Raises:
+        RaylslError: unknown selector/model/task, or a budget the model cannot satisfy.
+    """
+    chosen = build_selector(selector, options)
+    budget = Budget(n, threshold, mass)
+    if chosen.uses_budget and budget == Budget():
+        raise ConfigError(f"selector={selector} needs a budget: n=15, n=0.5, threshold=... or mass=...")
+    if isinstance(model, str):
+        spec = resolve_model(model)
+        model, tokenizer = spec.load()
+        kind = spec.kind
+    elif tokenizer is None:
+        raise ConfigError("select_layers(model=<nn.Module>) needs tokenizer=")
+    else:
+        kind = ENCODER if getattr(model.config, "model_type", "") in _ENCODER_TYPES else DECODER
+    if isinstance(data, str):
+        data = load_task(TaskSettings(name=data), DataSettings())
+    train = data.train if isinstance(data, TaskSplits) else list(data)
+    _, blocks = find_blocks(model, blocks_path)
+    objective = make_objective(kind, tokenizer, max_length)
+    return select_blocks(model, blocks, objective, train, chosen, budget,
+                         CalibrationSettings(calibration_size, calibration_seed, batch_size),
+                         target_modules, max_length, use_cache)

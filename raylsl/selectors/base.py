@@ -1,0 +1,173 @@
+"""The selector interface, its registry, and the rules that turn scores into a block set.
+
+A selector is a small class with a frozen config dataclass, registered once by the name YAML and
+the CLI use. Static selectors score every block (higher = more important) from the frozen base
+model and calibration data; a choice rule then keeps a set of blocks. Scores never depend on the
+budget, so they are cached once and reused for every N in a sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from raylsl.config import from_dict
+from raylsl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LayerScores:
+    """Per-block scores of one method on one model and calibration set."""
+
+    method: str
+    scores: tuple[float, ...]
+    """One score per block, higher = more important."""
+    fingerprint: str
+    """Hash of what the scores depend on (model, calibration data and size/seed, options)."""
+    excluded: tuple[int, ...] = ()
+    """Blocks whose score is undefined (e.g. zero-variance CKA input); never chosen by a rule."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "LayerScores":
+        return cls(raw["method"], tuple(raw["scores"]), raw["fingerprint"], tuple(raw["excluded"]))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many blocks to keep: a count (``n=15``), a fraction of L (``n=0.5``), a score threshold,
+    or a cumulative mass (the smallest set whose normalized scores sum to >= ``mass``)."""
+
+    n: int | float | None = None
+    threshold: float | None = None
+    mass: float | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("n", "threshold", "mass") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"give one of n, threshold or mass, not {' and '.join(given)}")
+        n = self.n
+        if isinstance(n, bool) or (n is not None and not isinstance(n, (int, float))):
+            raise ConfigError(f"n={n!r} must be a block count (15) or a fraction of the blocks (0.5)")
+        if isinstance(n, int) and n <= 0:
+            raise ConfigError(f"n={n} must be a positive block count")
+        if isinstance(n, float) and not 0 < n <= 1:
+            raise ConfigError(f"n={n}: a fraction of the blocks must be in (0, 1]; for a count give a whole number")
+        if self.mass is not None and not 0 < self.mass <= 1:
+            raise ConfigError(f"mass={self.mass} must be in (0, 1]")
+
+    def count(self, num_blocks: int) -> int:
+        """Blocks a count/ratio budget keeps for a model of ``num_blocks`` blocks."""
+        if isinstance(self.n, float):
+            k = math.floor(self.n * num_blocks)
+            if k == 0:
+                raise ConfigError(f"n={self.n} of {num_blocks} blocks rounds down to 0 blocks; use a larger fraction")
+            return k
+        if self.n > num_blocks:
+            raise ConfigError(f"n={self.n} exceeds the model's {num_blocks} blocks; use n <= {num_blocks} or a fraction")
+        return self.n
+
+
+def choose(scores: LayerScores, budget: Budget) -> list[int]:
+    """Applies a choice rule; ties break toward the lower block index. Returns sorted indices."""
+    num = len(scores.scores)
+    candidates = [i for i in range(num) if i not in set(scores.excluded)]
+    ranked = sorted(candidates, key=lambda i: (-scores.scores[i], i))
+    if budget.threshold is not None:
+        chosen = [i for i in ranked if scores.scores[i] >= budget.threshold]
+    elif budget.mass is not None:
+        total = sum(max(scores.scores[i], 0.0) for i in ranked)
+        chosen, acc = [], 0.0
+        for i in ranked:
+            chosen.append(i)
+            acc += max(scores.scores[i], 0.0)
+            if total == 0 or acc / total >= budget.mass - 1e-12:
+                break
+    else:
+        k = budget.count(num)
+        if k > len(ranked):
+            raise ConfigError(f"n={budget.n} asks for {k} blocks but only {len(ranked)} have a defined "
+                              f"{scores.method} score (excluded: {list(scores.excluded)})")
+        chosen = ranked[:k]
+    if not chosen:
+        raise ConfigError(f"the {scores.method} scores leave no block above the threshold; lower it")
+    return sorted(chosen)
+
+
+@dataclass
+class ScoringContext:
+    """What a selector may look at: the frozen base model and calibration batches from train."""
+
+    model: nn.Module
+    blocks: nn.ModuleList
+    objective: Any
+    calibration: list
+    """Calibration examples (from the train split, seeded)."""
+    batch_size: int
+    target_modules: tuple[str, ...]
+    """Leaf names of the linear layers LoRA would adapt."""
+    seed: int = 0
+
+    def batches(self, train: bool = True):
+        """Yields device batches of the calibration examples in the training format."""
+        from raylsl.objective import to_device
+
+        device = next(self.model.parameters()).device
+        for start in range(0, len(self.calibration), self.batch_size):
+            yield to_device(self.objective.batch(self.calibration[start: start + self.batch_size], train=train), device)
+
+
+class Selector(ABC):
+    """Scores blocks and chooses some. Subclasses set ``name`` and ``Config`` and implement `score`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    needs_data: ClassVar[bool] = True
+    """False for heuristics: their scores need no model forward pass and are never cached."""
+    uses_budget: ClassVar[bool] = True
+    """False for selectors that ignore n (all, list)."""
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @abstractmethod
+    def score(self, ctx: ScoringContext | None, num_blocks: int) -> LayerScores:
+        """Per-block scores; ``ctx`` is None for selectors with ``needs_data = False``."""
+
+    def choose(self, scores: LayerScores, budget: Budget) -> list[int]:
+        return choose(scores, budget)
+
+
+_REGISTRY: dict[str, type[Selector]] = {}
+
+
+def register_selector(cls: type[Selector]) -> type[Selector]:
+    """Class decorator: makes ``cls`` available under ``cls.name`` in YAML, the CLI and the API."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"selector {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_selectors() -> list[str]:
+    """Registered selector names."""
+    return sorted(_REGISTRY)
+
+
+def build_selector(name: str, options: dict[str, Any] | None = None) -> Selector:
+    """Instantiates a registered selector with its options (validated by its config dataclass).
+
+    Raises:
+        ConfigError: unknown name (listing the valid ones) or unknown/invalid option.
+    """
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown selector '{name}'; available: {', '.join(available_selectors())}")
+    cls = _REGISTRY[name]
+    return cls(from_dict(cls.Config, dict(options or {}), source="the selector options", prefix=f"{name}."))

@@ -1,0 +1,121 @@
+"""CKA dissimilarity (Ogawa et al., "Layer-wise LoRA fine-tuning: a similarity metric approach").
+
+Blocks whose input and output representations are least similar are the most worth adapting:
+``score_i = 1 - CKA(pool(h_i), pool(h_{i+1}))`` over the calibration set, one pooled vector per
+sample, as in the reference code (c2d-usp/Layer-wise-LoRA-with-CKA). A block whose pooled input
+has zero variance (an encoder's first block under CLS pooling: the CLS embedding is identical for
+every sample) has undefined CKA; it is excluded with a warning, as the reference drops that layer,
+unless ``include_undefined`` is set (then it scores 0, i.e. "unchanged").
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from raylsl.models import ENCODER
+from raylsl.selectors.base import LayerScores, ScoringContext, Selector, register_selector
+from raylsl.selectors.hooks import capture_blocks, token_mask
+
+_ZERO = 1e-10
+
+
+def _centered(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def has_zero_variance(x: torch.Tensor) -> bool:
+    """True when every sample's vector is the same (the centred matrix vanishes)."""
+    xc = _centered(x)
+    return float(xc.norm()) <= _ZERO * max(float(x.double().norm()), 1.0)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA of two ``(n_samples, features)`` matrices, computed in float64.
+
+    Uses the feature form ``||Xc^T Yc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` when there are at
+    least as many samples as features, else the cheaper N x N Gram form
+    ``<K_c, L_c>_F / (||K_c||_F ||L_c||_F)``. Both are the same number.
+
+    Returns:
+        A value in [0, 1]; 0.0 with a RuntimeWarning when either input has zero variance
+        (CKA is undefined there).
+    """
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"linear_cka needs two (n_samples, features) matrices with equal n, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if has_zero_variance(x) or has_zero_variance(y):
+        warnings.warn("linear_cka: an input has zero variance across samples; CKA is undefined, returning 0.0",
+                      RuntimeWarning, stacklevel=2)
+        return 0.0
+    xc, yc = _centered(x), _centered(y)
+    if xc.shape[0] >= max(xc.shape[1], yc.shape[1]):
+        cross = (xc.T @ yc).square().sum()
+        norm = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
+    else:
+        k, l = xc @ xc.T, yc @ yc.T
+        cross = (k * l).sum()
+        norm = torch.linalg.matrix_norm(k) * torch.linalg.matrix_norm(l)
+    return float((cross / norm).clamp(0.0, 1.0))
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """One vector per row: ``last`` non-pad token (right padding), ``cls`` (first), or masked ``mean``."""
+    hidden = hidden.reshape(-1, *hidden.shape[-2:]).float()
+    if how == "last":
+        return hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1]
+    if how == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).float()
+    return (hidden * weights).sum(1) / weights.sum(1)
+
+
+@dataclass(frozen=True)
+class CKAConfig:
+    pooling: str | None = None
+    """last (decoders' default), cls (encoders' default) or mean; None picks by model kind."""
+    include_undefined: bool = False
+    """Keep blocks whose CKA is undefined (zero-variance input) as candidates, scored 0."""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in (None, "last", "cls", "mean"):
+            from raylsl.errors import ConfigError
+
+            raise ConfigError(f"cka.pooling={self.pooling!r} must be last, cls or mean")
+
+
+@register_selector
+class CKASelector(Selector):
+    name = "cka"
+    Config = CKAConfig
+
+    def score(self, ctx: ScoringContext, num_blocks: int) -> LayerScores:
+        how = self.config.pooling or ("cls" if ctx.objective.kind == ENCODER else "last")
+        ins: list[list[torch.Tensor]] = [[] for _ in range(num_blocks)]
+        outs: list[list[torch.Tensor]] = [[] for _ in range(num_blocks)]
+        mask: torch.Tensor | None = None
+
+        def collect(i, h_in, h_out):
+            ins[i].append(pool(h_in, mask, how).cpu())
+            outs[i].append(pool(h_out, mask, how).cpu())
+
+        with torch.no_grad(), capture_blocks(ctx.blocks, collect):
+            for batch in ctx.batches():
+                mask = token_mask(batch)
+                ctx.objective.loss(ctx.model, batch)
+        scores, excluded = [], []
+        for i in range(num_blocks):
+            x, y = torch.cat(ins[i]), torch.cat(outs[i])
+            if has_zero_variance(x) or has_zero_variance(y):
+                warnings.warn(f"cka: block {i}'s pooled ({how}) input or output is identical for every sample; "
+                              f"CKA is undefined there, so the block is "
+                              f"{'scored 0' if self.config.include_undefined else 'excluded'}", RuntimeWarning)
+                scores.append(0.0)
+                if not self.config.include_undefined:
+                    excluded.append(i)
+                continue
+            scores.append(1.0 - linear_cka(x, y))
+        return LayerScores(self.name, tuple(scores), "", tuple(excluded))

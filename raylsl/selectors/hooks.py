@@ -1,0 +1,47 @@
+"""Forward hooks on the block ModuleList: each block's input and output hidden states.
+
+``output_hidden_states`` is not used: in HF decoders its last entry is taken after the final norm,
+not the raw output of the last block.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+# Receives (block index, block input, block output), each (batch, tokens, hidden).
+BlockFn = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def _hidden(value) -> torch.Tensor:
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+@contextmanager
+def capture_blocks(blocks: nn.ModuleList, fn: BlockFn) -> Iterator[None]:
+    """Calls ``fn`` for every block on every forward pass inside the ``with`` body."""
+    inputs: dict[int, torch.Tensor] = {}
+    handles = []
+    for index, block in enumerate(blocks):
+        def pre(module, args, kwargs, index=index):
+            inputs[index] = _hidden(args[0] if args else kwargs["hidden_states"])
+
+        def post(module, args, kwargs, output, index=index):
+            fn(index, inputs.pop(index), _hidden(output))
+
+        handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(block.register_forward_hook(post, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def token_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(rows, tokens) mask of real tokens, with encoder (examples, choices, tokens) flattened."""
+    mask = batch["attention_mask"]
+    return mask.reshape(-1, mask.shape[-1]).bool()

@@ -1,0 +1,130 @@
+"""Running a selector: calibration sampling, the on-disk score cache, and the choice.
+
+Scores depend on the model, the calibration examples (size, seed), the selector and its options,
+the LoRA target modules and the token budget, never on N: they are cached under
+``~/.cache/raylsl/scores/<fingerprint>.json`` and reused for every N in a sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from raylsl.config import CalibrationSettings
+from raylsl.data import MCExample
+from raylsl.fetch import cache_dir
+from raylsl.selectors.base import Budget, LayerScores, ScoringContext, Selector
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of a selection: scores, chosen blocks, and what it cost."""
+
+    scores: LayerScores
+    layers: list[int]
+    seconds: float
+    """Wall time of scoring (0-ish on a cache hit) plus choosing."""
+    cached: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scores": self.scores.to_dict(), "layers": self.layers, "seconds": self.seconds, "cached": self.cached}
+
+
+def calibration_sample(train: list[MCExample], size: int, seed: int) -> list[MCExample]:
+    """``size`` examples drawn from the TRAIN split with a fixed seed (all of them if fewer)."""
+    if size >= len(train):
+        return list(train)
+    return random.Random(seed).sample(train, size)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A cheap content hash: the config plus a strided sample of every parameter."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string().encode())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            digest.update(name.encode())
+            digest.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: ScoringContext | None,
+                 key: dict[str, Any] | None, use_cache: bool = True) -> Selection:
+    """Scores (from the cache when ``key`` was seen before) and chooses.
+
+    Args:
+        selector: a built selector.
+        budget: the choice rule.
+        num_blocks: L.
+        ctx: scoring inputs; only needed when ``selector.needs_data``.
+        key: everything the scores depend on besides the selector (model and calibration
+            fingerprints, sizes); None for heuristics.
+        use_cache: read and write the on-disk cache.
+    """
+    started = time.perf_counter()
+    cached = False
+    if selector.needs_data:
+        full_key = {**key, "selector": selector.name, "options": dataclasses.asdict(selector.config)}
+        fingerprint = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:24]
+        path = cache_dir() / "scores" / f"{fingerprint}.json"
+        if use_cache and path.exists():
+            scores, cached = LayerScores.from_dict(json.loads(path.read_text())), True
+        else:
+            was_training = ctx.model.training
+            ctx.model.eval()  # no dropout while measuring
+            scores = dataclasses.replace(selector.score(ctx, num_blocks), fingerprint=fingerprint)
+            ctx.model.train(was_training)
+            if use_cache:
+                _write_atomic(path, json.dumps(scores.to_dict()))
+    else:
+        scores = selector.score(None, num_blocks)
+    layers = selector.choose(scores, budget)
+    return Selection(scores, layers, time.perf_counter() - started, cached)
+
+
+def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train_examples: list[MCExample],
+                  selector: Selector, budget: Budget, calibration: CalibrationSettings,
+                  target_modules: tuple[str, ...] | None, max_length: int, use_cache: bool = True) -> Selection:
+    """Runs ``selector`` on calibration examples drawn (seeded) from the train split and chooses.
+
+    Args:
+        target_modules: LoRA target leaf names; None means every linear layer in a block.
+        max_length: the objective's token budget (part of the cache key).
+    """
+    from raylsl.lora import default_target_modules
+
+    if budget.n is not None and selector.uses_budget:
+        budget.count(len(blocks))  # an impossible budget fails before any scoring work
+    examples = calibration_sample(train_examples, calibration.size, calibration.seed)
+    targets = tuple(target_modules or default_target_modules(blocks[0]))
+    ctx = key = None
+    if selector.needs_data:
+        ctx = ScoringContext(model, blocks, objective, examples, calibration.batch_size, targets, calibration.seed)
+        key = selection_key(model, examples, calibration.size, calibration.seed, targets, max_length)
+    return run_selector(selector, budget, len(blocks), ctx, key, use_cache)
+
+
+def selection_key(model: nn.Module, calibration: list[MCExample], size: int, seed: int,
+                  target_modules: tuple[str, ...], max_length: int) -> dict[str, Any]:
+    calib = hashlib.sha256(json.dumps([dataclasses.astuple(ex) for ex in calibration]).encode()).hexdigest()[:16]
+    return {"model": model_fingerprint(model), "calibration": calib, "calibration_size": size,
+            "calibration_seed": seed, "target_modules": sorted(target_modules), "max_length": max_length}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{random.getrandbits(32)}")
+    tmp.write_text(text)
+    tmp.replace(path)
