@@ -9,9 +9,9 @@ from torch import nn
 from raylsl.config import CalibrationSettings, DataSettings, TaskSettings
 from raylsl.data import MCExample, TaskSplits, load_task
 from raylsl.errors import ConfigError
-from raylsl.models import _ENCODER_TYPES, DECODER, ENCODER, find_blocks, resolve_model
+from raylsl.models import find_blocks, model_kind, resolve_model
 from raylsl.objective import make_objective
-from raylsl.selectors import Budget, Selection, build_selector, select_blocks
+from raylsl.selectors import Budget, Selection, build_selector, check_budget, select_blocks
 
 
 def select_layers(model: str | nn.Module, data: str | TaskSplits | list[MCExample], selector: str = "cka",
@@ -39,8 +39,7 @@ def select_layers(model: str | nn.Module, data: str | TaskSplits | list[MCExampl
     """
     chosen = build_selector(selector, options)
     budget = Budget(n, threshold, mass)
-    if chosen.uses_budget and budget == Budget():
-        raise ConfigError(f"selector={selector} needs a budget: n=15, n=0.5, threshold=... or mass=...")
+    check_budget(chosen, budget)
     if isinstance(model, str):
         spec = resolve_model(model)
         model, tokenizer = spec.load()
@@ -48,7 +47,7 @@ def select_layers(model: str | nn.Module, data: str | TaskSplits | list[MCExampl
     elif tokenizer is None:
         raise ConfigError("select_layers(model=<nn.Module>) needs tokenizer=")
     else:
-        kind = ENCODER if getattr(model.config, "model_type", "") in _ENCODER_TYPES else DECODER
+        kind = model_kind(model.config)
     if isinstance(data, str):
         data = load_task(TaskSettings(name=data), DataSettings())
     train = data.train if isinstance(data, TaskSplits) else list(data)

@@ -156,18 +156,15 @@ class RunConfig:
     """Evaluate the base model on the test split before training."""
 
     def __post_init__(self) -> None:
-        from raylsl.selectors import Budget, build_selector
+        from raylsl.selectors import Budget, build_selector, check_budget
 
         if self.selector is not None and self.layers != "all":
             raise ConfigError(f"give either layers={self.layers} or selector={self.selector}, not both")
         for name, options in self.selector_options.items():
             build_selector(name, options)
         if self.selector is not None:
-            selector = build_selector(self.selector, self.selector_options.get(self.selector))
-            budget = Budget(self.n, self.threshold, self.mass)
-            if selector.uses_budget and budget == Budget():
-                raise ConfigError(f"selector={self.selector} needs a budget: n=15 (blocks), n=0.5 (fraction), "
-                                  f"threshold=... or mass=...")
+            check_budget(build_selector(self.selector, self.selector_options.get(self.selector)),
+                         Budget(self.n, self.threshold, self.mass))
 
     def to_dict(self) -> dict[str, Any]:
         plain = _to_plain(dataclasses.asdict(self))

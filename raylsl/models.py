@@ -178,7 +178,12 @@ def _kind_of(name: str) -> str:
         config = AutoConfig.from_pretrained(name)
     except OSError as exc:
         raise ModelError(f"cannot read the config of model '{name}': {exc}") from None
-    return ENCODER if config.model_type in _ENCODER_TYPES else DECODER
+    return model_kind(config)
+
+
+def model_kind(config) -> str:
+    """encoder for BERT-family configs (scored with a multiple-choice head), else decoder."""
+    return ENCODER if getattr(config, "model_type", "") in _ENCODER_TYPES else DECODER
 
 
 def byte_tokenizer(encoder: bool = False):

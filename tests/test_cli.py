@@ -18,6 +18,13 @@ from raylsl.cli import main
     (["lora.rank=4"], "unknown key 'lora.rank'"),
     (["task=/no/such/file.jsonl"], "data file /no/such/file.jsonl does not exist"),
     (["blocks_path=model.norm"], "blocks_path 'model.norm' does not name"),
+    (["selector=cak", "n=2"], "unknown selector 'cak'; available: activation, all, cka"),
+    (["selector=cka"], "selector=cka needs a budget"),
+    (["selector=cka", "n=9"], "n=9 exceeds the model's 4 blocks"),
+    (["selector=cka", "n=1.5"], "n=1.5: a fraction of the blocks must be in (0, 1]"),
+    (["selector=cka", "n=-1"], "n=-1 must be a positive block count"),
+    (["selector=cka", "n=2", "--layers", "0-1"], "give either layers=0-1 or selector=cka"),
+    (["cka.pooling=max"], "cka.pooling='max' must be last, cls or mean"),
 ])
 def test_bad_input_is_one_clear_message(args, message, tmp_path, task_file, capsys):
     out_dir = tmp_path / "runs"
@@ -53,6 +60,20 @@ def test_eval_of_unfinished_run(tmp_path, capsys):
     run.mkdir()
     assert main(["eval", str(run)]) == 2
     assert "holds no finished adapter" in capsys.readouterr().err
+
+
+def test_select_command_prints_ranking_and_writes_files(tmp_path, task_file, capsys):
+    code = main(["select", "--model", "tiny-llama", "--task", str(task_file), "--selector", "activation", "--n", "2",
+                 "data.test_size=16", "data.val_size=8", f"output_dir={tmp_path}", "name=sel"])
+    out = capsys.readouterr().out
+    assert code == 0
+    table = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(table) == 4 and out.count("*") == 2
+    assert "chosen blocks:" in out and "selection time:" in out
+    assert json.loads((tmp_path / "sel" / "scores.json").read_text())["scores"]["method"] == "activation"
+    assert (tmp_path / "sel" / "scores.png").stat().st_size > 1000
+    assert main(["select", "--model", "tiny-llama", f"task={task_file}", "data.test_size=16", "data.val_size=8"]) == 2
+    assert "raylsl select needs a selector" in capsys.readouterr().err
 
 
 def test_console_train_smoke_then_eval(tmp_path, task_file):

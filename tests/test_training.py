@@ -105,8 +105,8 @@ def test_recipe_resume_after_failure(tiny_config, monkeypatch):
     config = tiny_config(name="crash", train__steps=4, train__checkpoint_every=2)
     original = loop_module.train_loop
 
-    def crashing(*args, **kwargs):
-        return original(*args, callbacks=(StopAt(3),), **kwargs)
+    def crashing(*args, callbacks=(), **kwargs):
+        return original(*args, callbacks=callbacks + (StopAt(3),), **kwargs)
 
     monkeypatch.setattr(recipe, "train_loop", crashing)
     with pytest.raises(Interrupt):

@@ -27,7 +27,7 @@ from raylsl.errors import ConfigError
 from raylsl.lora import adapted_blocks, apply_lora, count_trainable, parse_layers
 from raylsl.models import ModelSpec, find_blocks, resolve_model
 from raylsl.objective import Objective, evaluate, make_objective
-from raylsl.selectors import Budget, Selection, build_selector, select_blocks
+from raylsl.selectors import Budget, Selection, TrainingContext, build_selector, select_blocks
 from raylsl.selectors.report import plot_scores
 from raylsl.training.loop import autocast_for, seed_everything, train_loop
 
@@ -101,8 +101,9 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
         model = apply_lora(prepared.model, prepared.layers, config.lora, prepared.blocks_path,
                            find_blocks(prepared.model, prepared.blocks_path)[1], prepared.spec.kind)
         params = count_trainable(model)
+        dynamic = _dynamic_callback(prepared, model)
         loop = train_loop(model, prepared.objective, prepared.task.train, config.train, run_dir,
-                          progress=progress)
+                          callbacks=(dynamic,) if dynamic else (), progress=progress)
         autocast = autocast_for(config.train, next(model.parameters()).device)
         after = evaluate(model, prepared.objective, prepared.task.test, config.train.eval_batch_size, autocast)
         model.save_pretrained(run_dir / "adapter")
@@ -114,11 +115,23 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
         "adapted_blocks": adapted_blocks(model, prepared.blocks_path), "num_blocks": prepared.num_blocks,
         "params": params, "before": before, "after": after, "train": loop,
         "selector": config.selector, "selection_time_s": prepared.selection.seconds if prepared.selection else 0.0,
+        "dynamic": dynamic.summary() if dynamic else None,
         "wall_time_s": time.perf_counter() - started, "run_dir": str(run_dir),
     }
     _write_json(run_dir / "results.json", results)
     _write_json(run_dir / "run.json", {"status": "complete", "layers": prepared.layers})
     return results
+
+
+def _dynamic_callback(prepared: Prepared, model: nn.Module):
+    """The training-loop callback of a dynamic selector (IST, LISA); None for static ones."""
+    config = prepared.config
+    if config.selector is None:
+        return None
+    selector = build_selector(config.selector, config.selector_options.get(config.selector))
+    ctx = TrainingContext(model, prepared.blocks_path, prepared.num_blocks, prepared.objective,
+                          prepared.task.validation, config.train.seed)
+    return selector.training_callback(ctx)
 
 
 def _evaluate_before(prepared: Prepared, run_dir: Path) -> dict[str, float] | None:

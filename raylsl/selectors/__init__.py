@@ -3,12 +3,12 @@
 Importing this package registers every built-in selector.
 """
 
-from raylsl.selectors import activation, cka, gradient, heuristics  # noqa: F401  (registration)
-from raylsl.selectors.base import (Budget, LayerScores, ScoringContext, Selector, available_selectors,
-                                   build_selector, choose, register_selector)
+from raylsl.selectors import activation, cka, dynamic, gradient, heuristics  # noqa: F401  (registration)
+from raylsl.selectors.base import (Budget, LayerScores, ScoringContext, Selector, TrainingContext, available_selectors,
+                                   build_selector, check_budget, choose, register_selector)
 from raylsl.selectors.cka import linear_cka
 from raylsl.selectors.select import Selection, calibration_sample, run_selector, select_blocks
 
-__all__ = ["Budget", "LayerScores", "ScoringContext", "Selection", "Selector", "available_selectors",
-           "build_selector", "calibration_sample", "choose", "linear_cka", "register_selector", "run_selector",
+__all__ = ["Budget", "LayerScores", "ScoringContext", "Selection", "Selector", "TrainingContext", "available_selectors",
+           "build_selector", "calibration_sample", "check_budget", "choose", "linear_cka", "register_selector", "run_selector",
            "select_blocks"]

@@ -53,7 +53,7 @@ class ActivationSelector(Selector):
         with torch.no_grad(), self._hooks(ctx, add):
             for batch in ctx.batches():
                 state["mask"] = token_mask(batch)
-                ctx.objective.loss(ctx.model, batch)
+                ctx.forward_blocks(batch)
         return LayerScores(self.name, tuple(s / max(n, 1) for s, n in totals), "")
 
     def _hooks(self, ctx: ScoringContext, add):

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from raylsl.config import from_dict
+from raylsl.training.loop import Callback
 from raylsl.errors import ConfigError
 
 
@@ -75,6 +76,13 @@ class Budget:
         return self.n
 
 
+def check_budget(selector: "Selector", budget: Budget) -> None:
+    """A selector that ranks blocks needs to be told how many to keep."""
+    if selector.uses_budget and budget == Budget():
+        raise ConfigError(f"selector={selector.name} needs a budget: n=15 (blocks), n=0.5 (fraction), "
+                          f"threshold=... or mass=...")
+
+
 def choose(scores: LayerScores, budget: Budget) -> list[int]:
     """Applies a choice rule; ties break toward the lower block index. Returns sorted indices."""
     num = len(scores.scores)
@@ -113,7 +121,13 @@ class ScoringContext:
     batch_size: int
     target_modules: tuple[str, ...]
     """Leaf names of the linear layers LoRA would adapt."""
-    seed: int = 0
+
+    def forward_blocks(self, batch: dict) -> None:
+        """Runs the backbone only (``model.base_model``): hooks see every block, and no LM/task head
+        or vocabulary softmax is computed. Encoder (examples, choices, tokens) inputs are flattened."""
+        inputs = {k: batch[k].reshape(-1, batch[k].shape[-1])
+                  for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        self.model.base_model(**inputs)
 
     def batches(self, train: bool = True):
         """Yields device batches of the calibration examples in the training format."""
@@ -122,6 +136,20 @@ class ScoringContext:
         device = next(self.model.parameters()).device
         for start in range(0, len(self.calibration), self.batch_size):
             yield to_device(self.objective.batch(self.calibration[start: start + self.batch_size], train=train), device)
+
+
+@dataclass
+class TrainingContext:
+    """What a dynamic selector may use during training."""
+
+    model: nn.Module
+    """The peft model being trained (adapters in every block)."""
+    blocks_path: str
+    num_blocks: int
+    objective: Any
+    validation: list
+    """The validation slice held out of train (probe / gate batches come from here)."""
+    seed: int
 
 
 class Selector(ABC):
@@ -143,6 +171,10 @@ class Selector(ABC):
 
     def choose(self, scores: LayerScores, budget: Budget) -> list[int]:
         return choose(scores, budget)
+
+    def training_callback(self, ctx: TrainingContext) -> "Callback | None":
+        """Selectors that choose during training (IST, LISA) return a training-loop callback."""
+        return None
 
 
 _REGISTRY: dict[str, type[Selector]] = {}

@@ -105,7 +105,7 @@ class CKASelector(Selector):
         with torch.no_grad(), capture_blocks(ctx.blocks, collect):
             for batch in ctx.batches():
                 mask = token_mask(batch)
-                ctx.objective.loss(ctx.model, batch)
+                ctx.forward_blocks(batch)
         scores, excluded = [], []
         for i in range(num_blocks):
             x, y = torch.cat(ins[i]), torch.cat(outs[i])

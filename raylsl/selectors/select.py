@@ -111,7 +111,7 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
     targets = tuple(target_modules or default_target_modules(blocks[0]))
     ctx = key = None
     if selector.needs_data:
-        ctx = ScoringContext(model, blocks, objective, examples, calibration.batch_size, targets, calibration.seed)
+        ctx = ScoringContext(model, blocks, objective, examples, calibration.batch_size, targets)
         key = selection_key(model, examples, calibration.size, calibration.seed, targets, max_length)
     return run_selector(selector, budget, len(blocks), ctx, key, use_cache)
 

@@ -18,7 +18,7 @@ from torch import nn
 KEEP_LAST = 2
 
 
-def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, scheduler) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, scheduler, callbacks=()) -> Path:
     root = run_dir / "checkpoints"
     final = root / f"step-{step:06d}"
     staging = root / f".tmp-step-{step:06d}"
@@ -28,6 +28,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer, sched
         "step": step,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "callbacks": [cb.state_dict() for cb in callbacks],
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
     }, staging / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -41,7 +42,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step-*"))
 
 
-def restore_latest(run_dir: Path, model: nn.Module, optimizer, scheduler) -> int:
+def restore_latest(run_dir: Path, model: nn.Module, optimizer, scheduler, callbacks=()) -> int:
     """Loads the newest checkpoint into ``model``/``optimizer``/``scheduler``; returns its step (0: none)."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -54,6 +55,8 @@ def restore_latest(run_dir: Path, model: nn.Module, optimizer, scheduler) -> int
     state = torch.load(latest / "trainer_state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    for cb, cb_state in zip(callbacks, state["callbacks"]):
+        cb.load_state_dict(cb_state)
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])

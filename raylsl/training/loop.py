@@ -57,6 +57,14 @@ class Callback:
 
     def on_step_end(self, state: LoopState, metrics: dict[str, Any]) -> None: ...
 
+    def on_train_end(self, state: LoopState) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue this callback; saved in every checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -106,7 +114,7 @@ def train_loop(model: nn.Module, objective: Objective, examples: list[MCExample]
     device = next(model.parameters()).device
     optimizer, scheduler = build_optimizer(model, settings)
     state = LoopState(model, optimizer, settings, run_dir)
-    state.step = resumed = restore_latest(run_dir, model, optimizer, scheduler)
+    state.step = resumed = restore_latest(run_dir, model, optimizer, scheduler, callbacks)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, resumed)
@@ -147,8 +155,10 @@ def train_loop(model: nn.Module, objective: Objective, examples: list[MCExample]
             bar.set_postfix(loss=f"{loss_value:.4f}")
             every = settings.checkpoint_every
             if state.step == settings.steps or (every and state.step % every == 0):
-                save_checkpoint(run_dir, state.step, model, optimizer, scheduler)
+                save_checkpoint(run_dir, state.step, model, optimizer, scheduler, callbacks)
     bar.close()
+    for cb in callbacks:
+        cb.on_train_end(state)
     return {"steps": state.step, "resumed_from": resumed, "final_loss": loss_value,
             "train_time_s": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(device)}
 

@@ -9,7 +9,7 @@ from raylsl.selectors import Budget, available_selectors, build_selector, select
 
 # Options a selector needs to run at all; everything else runs with defaults.
 OPTIONS = {"list": {"layers": "1,3"}}
-BUDGET_FREE = {"all": [0, 1, 2, 3], "list": [1, 3]}
+BUDGET_FREE = {"all": [0, 1, 2, 3], "list": [1, 3], "ist": [0, 1, 2, 3], "lisa": [0, 1, 2, 3]}
 
 
 def _select(tiny, splits, name, n=2, seed=0, options=None, **kw):

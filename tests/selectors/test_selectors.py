@@ -133,3 +133,18 @@ def test_train_with_selector_records_choice(tiny_config):
     assert recorded["scores"]["method"] == "cka" and len(recorded["scores"]["scores"]) == 4
     assert (run / "scores.png").stat().st_size > 1000
     assert load_config(run / "config.yaml").selector == "cka"
+
+
+def test_python_api_with_a_loaded_model_and_by_name(splits):
+    import raylsl
+    from raylsl.models import resolve_model
+
+    model, tok = resolve_model("tiny-llama").load()
+    loaded = raylsl.select_layers(model, splits, selector="activation", n=2, tokenizer=tok, calibration_size=16)
+    named = raylsl.select_layers("tiny-llama", splits, selector="activation", n=2, calibration_size=16)
+    assert loaded.layers == named.layers and loaded.scores.scores == named.scores.scores
+    assert named.cached  # same model content, same calibration: the second call hits the cache
+    with pytest.raises(ConfigError, match="needs tokenizer="):
+        raylsl.select_layers(model, splits, selector="cka", n=2)
+    with pytest.raises(ConfigError, match="selector=cka needs a budget"):
+        raylsl.select_layers("tiny-llama", splits, selector="cka")
