@@ -51,8 +51,9 @@ def select_layers(model: str | nn.Module, data: str | TaskSplits | list[MCExampl
     if isinstance(data, str):
         data = load_task(TaskSettings(name=data), DataSettings())
     train = data.train if isinstance(data, TaskSplits) else list(data)
-    _, blocks = find_blocks(model, blocks_path)
+    validation = data.validation if isinstance(data, TaskSplits) else []
+    path, blocks = find_blocks(model, blocks_path)
     objective = make_objective(kind, tokenizer, max_length)
     return select_blocks(model, blocks, objective, train, chosen, budget,
                          CalibrationSettings(calibration_size, calibration_seed, batch_size),
-                         target_modules, max_length, use_cache)
+                         target_modules, max_length, use_cache, validation=validation, blocks_path=path)

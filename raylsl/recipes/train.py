@@ -28,7 +28,7 @@ from raylsl.lora import adapted_blocks, apply_lora, count_trainable, parse_layer
 from raylsl.models import ModelSpec, find_blocks, resolve_model
 from raylsl.objective import Objective, evaluate, make_objective
 from raylsl.selectors import Budget, Selection, TrainingContext, build_selector, select_blocks
-from raylsl.selectors.report import plot_scores
+from raylsl.selectors.report import plot_scores, plot_trajectory
 from raylsl.training.loop import autocast_for, seed_everything, train_loop
 
 
@@ -67,7 +67,8 @@ def prepare(config: RunConfig) -> Prepared:
             model, blocks, objective, task.train,
             build_selector(config.selector, config.selector_options.get(config.selector)),
             Budget(config.n, config.threshold, config.mass), config.calibration,
-            config.lora.target_modules, config.data.max_length)
+            config.lora.target_modules, config.data.max_length, validation=task.validation,
+            blocks_path=blocks_path, lora=config.lora, train_settings=config.train)
         layers = selection.layers
     return Prepared(config, spec, model, tokenizer, blocks_path, len(blocks), layers, task, objective, selection)
 
@@ -149,9 +150,14 @@ def _evaluate_before(prepared: Prepared, run_dir: Path) -> dict[str, float] | No
 
 
 def write_selection(selection: Selection, run_dir: Path) -> None:
-    """Records which blocks were chosen and why: ``scores.json`` and the ``scores.png`` bar plot."""
+    """Records which blocks were chosen and why: ``scores.json``, the ``scores.png`` bar plot and,
+    for selectors that learn their scores (Flexora), ``<method>_trajectory.png``."""
     _write_json(run_dir / "scores.json", selection.to_dict())
     plot_scores(selection, run_dir / "scores.png")
+    trajectory = selection.scores.details.get("trajectory")
+    if trajectory:
+        method = selection.scores.method
+        plot_trajectory(trajectory, run_dir / f"{method}_trajectory.png", f"{method} scores", "score")
 
 
 def create_run_dir(config: RunConfig, prefix: str = "") -> Path:

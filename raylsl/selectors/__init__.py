@@ -3,7 +3,7 @@
 Importing this package registers every built-in selector.
 """
 
-from raylsl.selectors import activation, cka, dynamic, gradient, heuristics  # noqa: F401  (registration)
+from raylsl.selectors import activation, cka, dynamic, flexora, gradient, heuristics  # noqa: F401  (registration)
 from raylsl.selectors.base import (Budget, LayerScores, ScoringContext, Selector, TrainingContext, available_selectors,
                                    build_selector, check_budget, choose, register_selector)
 from raylsl.selectors.cka import linear_cka

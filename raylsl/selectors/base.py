@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import nn
 
-from raylsl.config import from_dict
+from raylsl.config import LoraSettings, TrainSettings, from_dict
 from raylsl.training.loop import Callback
 from raylsl.errors import ConfigError
 
@@ -32,13 +32,16 @@ class LayerScores:
     """Hash of what the scores depend on (model, calibration data and size/seed, options)."""
     excluded: tuple[int, ...] = ()
     """Blocks whose score is undefined (e.g. zero-variance CKA input); never chosen by a rule."""
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Method-specific record, e.g. Flexora's alpha ``trajectory`` and ``search_seconds``."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "LayerScores":
-        return cls(raw["method"], tuple(raw["scores"]), raw["fingerprint"], tuple(raw["excluded"]))
+        return cls(raw["method"], tuple(raw["scores"]), raw["fingerprint"], tuple(raw["excluded"]),
+                   raw.get("details", {}))
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,14 @@ class ScoringContext:
     batch_size: int
     target_modules: tuple[str, ...]
     """Leaf names of the linear layers LoRA would adapt."""
+    blocks_path: str = ""
+    train: list = field(default_factory=list)
+    """The whole train split (Flexora's search stage trains on it)."""
+    validation: list = field(default_factory=list)
+    """The validation slice held out of train."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train_settings: TrainSettings = field(default_factory=TrainSettings)
+    seed: int = 0
 
     def forward_blocks(self, batch: dict) -> None:
         """Runs the backbone only (``model.base_model``): hooks see every block, and no LM/task head
@@ -171,6 +182,11 @@ class Selector(ABC):
 
     def choose(self, scores: LayerScores, budget: Budget) -> list[int]:
         return choose(scores, budget)
+
+    def cache_context(self, ctx: ScoringContext) -> dict[str, Any]:
+        """What else this selector's scores depend on, for the cache key (beyond model, calibration
+        data and options)."""
+        return {}
 
     def training_callback(self, ctx: TrainingContext) -> "Callback | None":
         """Selectors that choose during training (IST, LISA) return a training-loop callback."""

@@ -28,6 +28,7 @@ from raylsl.errors import ConfigError
 from raylsl.objective import to_device
 from raylsl.selectors.base import Budget, LayerScores, Selector, TrainingContext, register_selector
 from raylsl.selectors.lora_blocks import lora_params_by_block, scaled_lora
+from raylsl.selectors.report import plot_trajectory
 from raylsl.training.loop import Callback, LoopState
 
 
@@ -213,26 +214,6 @@ class ISTCallback(ActiveBlocksCallback):
         """``ist.json`` (per-step importance, per-block training counts) and ``ist_importance.png``."""
         (run_dir / "ist.json").write_text(json.dumps({**self.summary(), "importance_per_step": self.trajectory}))
         plot_trajectory(self.trajectory, run_dir / "ist_importance.png", "IST importance", "importance I")
-
-
-def plot_trajectory(trajectory: list[list[float]], path: Path, title: str, ylabel: str) -> None:
-    """One line per block over steps (the IST paper's Figure 4 kind)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = torch.tensor(trajectory)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    cmap = plt.get_cmap("viridis")
-    for block in range(values.shape[1]):
-        ax.plot(values[:, block].numpy(), color=cmap(block / max(values.shape[1] - 1, 1)), lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{title} per block (dark = first block, light = last)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --- LISA ---------------------------------------------------------------------------------------

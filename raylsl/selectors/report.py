@@ -21,10 +21,7 @@ def ranked_table(selection: Selection) -> str:
 
 def plot_scores(selection: Selection, path: Path, title: str = "") -> Path:
     """Bar plot of score per block, chosen blocks highlighted; written as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     s = selection.scores
     chosen = set(selection.layers)
@@ -40,3 +37,31 @@ def plot_scores(selection: Selection, path: Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_trajectory(trajectory: list[list[float]], path: Path, title: str, ylabel: str) -> None:
+    """One line per block over steps (the IST paper's Figure 4 kind)."""
+    import numpy as np
+
+    plt = _pyplot()
+    values = np.asarray(trajectory)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    cmap = plt.get_cmap("viridis")
+    for block in range(values.shape[1]):
+        ax.plot(values[:, block], color=cmap(block / max(values.shape[1] - 1, 1)), lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} per block (dark = first block, light = last)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pyplot():
+    """pyplot on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raylsl.config import CalibrationSettings
+from raylsl.config import CalibrationSettings, LoraSettings, TrainSettings
 from raylsl.data import MCExample
 from raylsl.fetch import cache_dir
 from raylsl.selectors.base import Budget, LayerScores, ScoringContext, Selector
@@ -96,12 +96,16 @@ def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: Scori
 
 def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train_examples: list[MCExample],
                   selector: Selector, budget: Budget, calibration: CalibrationSettings,
-                  target_modules: tuple[str, ...] | None, max_length: int, use_cache: bool = True) -> Selection:
+                  target_modules: tuple[str, ...] | None, max_length: int, use_cache: bool = True,
+                  validation: list[MCExample] = (), blocks_path: str = "", lora: LoraSettings | None = None,
+                  train_settings: TrainSettings | None = None) -> Selection:
     """Runs ``selector`` on calibration examples drawn (seeded) from the train split and chooses.
 
     Args:
         target_modules: LoRA target leaf names; None means every linear layer in a block.
         max_length: the objective's token budget (part of the cache key).
+        validation, blocks_path, lora, train_settings: for selectors that train while scoring
+            (Flexora's search stage).
     """
     from raylsl.lora import default_target_modules
 
@@ -111,15 +115,21 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
     targets = tuple(target_modules or default_target_modules(blocks[0]))
     ctx = key = None
     if selector.needs_data:
-        ctx = ScoringContext(model, blocks, objective, examples, calibration.batch_size, targets)
-        key = selection_key(model, examples, calibration.size, calibration.seed, targets, max_length)
+        ctx = ScoringContext(model, blocks, objective, examples, calibration.batch_size, targets, blocks_path,
+                             list(train_examples), list(validation), lora or LoraSettings(),
+                             train_settings or TrainSettings(), calibration.seed)
+        key = {**selection_key(model, examples, calibration.size, calibration.seed, targets, max_length),
+               **selector.cache_context(ctx)}
     return run_selector(selector, budget, len(blocks), ctx, key, use_cache)
+
+
+def examples_fingerprint(examples: list[MCExample]) -> str:
+    return hashlib.sha256(json.dumps([dataclasses.astuple(ex) for ex in examples]).encode()).hexdigest()[:16]
 
 
 def selection_key(model: nn.Module, calibration: list[MCExample], size: int, seed: int,
                   target_modules: tuple[str, ...], max_length: int) -> dict[str, Any]:
-    calib = hashlib.sha256(json.dumps([dataclasses.astuple(ex) for ex in calibration]).encode()).hexdigest()[:16]
-    return {"model": model_fingerprint(model), "calibration": calib, "calibration_size": size,
+    return {"model": model_fingerprint(model), "calibration": examples_fingerprint(calibration), "calibration_size": size,
             "calibration_seed": seed, "target_modules": sorted(target_modules), "max_length": max_length}
 
 

@@ -8,7 +8,7 @@ from raylsl.config import CalibrationSettings
 from raylsl.selectors import Budget, available_selectors, build_selector, select_blocks
 
 # Options a selector needs to run at all; everything else runs with defaults.
-OPTIONS = {"list": {"layers": "1,3"}}
+OPTIONS = {"list": {"layers": "1,3"}, "flexora": {"search_steps": 2, "val_batches": 2}}
 BUDGET_FREE = {"all": [0, 1, 2, 3], "list": [1, 3], "ist": [0, 1, 2, 3], "lisa": [0, 1, 2, 3]}
 
 
@@ -16,7 +16,8 @@ def _select(tiny, splits, name, n=2, seed=0, options=None, **kw):
     model, blocks, objective = tiny
     selector = build_selector(name, options if options is not None else OPTIONS.get(name))
     return select_blocks(model, blocks, objective, splits.train, selector, Budget(n),
-                         CalibrationSettings(size=24, seed=seed, batch_size=8), None, 64, **kw)
+                         CalibrationSettings(size=24, seed=seed, batch_size=8), None, 64, **kw,
+                         validation=splits.validation, blocks_path="model.layers")
 
 
 def test_every_selector_is_covered():
