@@ -124,9 +124,9 @@ def ist_update(importance: torch.Tensor, subsets: list[list[int]], losses: list[
 
 @dataclass(frozen=True)
 class ISTConfig:
-    n_update: float = 0.25
+    n_update: int | float = 0.25
     """N_u: blocks trained per step (count, or fraction of L)."""
-    n_probe: float = 0.5
+    n_probe: int | float = 0.5
     """N_v: blocks in each candidate subset (count, or fraction of L)."""
     n_candidates: int = 3
     """N_c: candidate subsets per importance update."""
@@ -220,7 +220,7 @@ class ISTCallback(ActiveBlocksCallback):
 
 @dataclass(frozen=True)
 class LisaConfig:
-    n_active: float = 0.25
+    n_active: int | float = 0.25
     """Blocks trained at a time (count, or fraction of L)."""
     interval: int = 20
     """K: steps between redraws."""

@@ -189,3 +189,12 @@ def test_ist_end_to_end_records_and_resumes(tiny_config, monkeypatch):
     assert resumed["train"]["resumed_from"] == 3
     assert resumed["dynamic"]["final_importance"] == dyn["final_importance"]
     assert resumed["after"] == straight["after"]
+
+
+def test_counts_and_fractions_from_the_command_line(tiny_config):
+    from raylsl.config import load_config
+
+    config = load_config(None, ["selector=ist", "ist.n_update=3", "ist.n_probe=0.5", "lisa.n_active=2"])
+    assert config.selector_options["ist"] == {"n_update": 3, "n_probe": 0.5}
+    assert build_selector("ist", config.selector_options["ist"]).config.n_update == 3
+    assert isinstance(build_selector("lisa", {"n_active": 2}).config.n_active, int)
