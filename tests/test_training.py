@@ -11,7 +11,7 @@ from raylsl.objective import make_objective
 from raylsl.recipes import train as recipe
 from raylsl.recipes.evaluate import evaluate_target
 from raylsl.training import loop as loop_module
-from raylsl.training.checkpoint import list_checkpoints
+from raylsl.training.checkpoint import LocalCheckpoints
 from raylsl.training.loop import Callback, micro_batches, seed_everything, train_loop
 
 
@@ -64,7 +64,7 @@ def test_resume_matches_an_uninterrupted_run(tiny_config, tmp_path):
     resumed, _, _ = _setup(config)
     with pytest.raises(Interrupt):
         train_loop(resumed, objective, task.train, config.train, tmp_path / "b", (StopAt(3),), progress=False)
-    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step-000002"]
+    assert [p.name for p in LocalCheckpoints(tmp_path / "b").list()] == ["step-000002"]
     fresh, _, _ = _setup(config)  # a new process would start from a fresh model
     out = train_loop(fresh, objective, task.train, config.train, tmp_path / "b", progress=False)
     assert out["resumed_from"] == 2 and out["steps"] == 6
@@ -83,6 +83,15 @@ def test_micro_batches_cover_each_epoch_once():
     assert sorted(seen) == list(range(40))
     assert micro_batches(40, 3, settings) == micro_batches(40, 3, settings)
     assert all(len(c) == 4 for c in micro_batches(40, 7, settings))  # wraps into epoch 2
+
+
+def test_micro_batches_shard_the_same_global_batch_across_ranks():
+    from raylsl.config import TrainSettings
+
+    one = micro_batches(50, 3, TrainSettings(batch_size=8, grad_accum=2, seed=2))
+    two = [micro_batches(50, 3, TrainSettings(batch_size=4, grad_accum=2, seed=2), rank, 2) for rank in (0, 1)]
+    for m in range(2):
+        assert sorted(one[m]) == sorted(two[0][m] + two[1][m]) and not set(two[0][m]) & set(two[1][m])
 
 
 def test_recipe_writes_run_and_adapter_reloads_identically(tiny_config):

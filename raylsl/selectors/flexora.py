@@ -31,7 +31,8 @@ from raylsl.objective import to_device
 from raylsl.selectors.base import Budget, LayerScores, ScoringContext, Selector, choose, register_selector
 from raylsl.selectors.lora_blocks import scaled_lora
 from raylsl.selectors.select import examples_fingerprint
-from raylsl.training.loop import build_optimizer, micro_batches
+from raylsl.training.engine import build_optimizer
+from raylsl.training.loop import micro_batches
 
 
 @dataclass(frozen=True)

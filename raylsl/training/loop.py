@@ -12,11 +12,9 @@ batches an uninterrupted run would have.
 from __future__ import annotations
 
 import json
-import math
 import random
 import resource
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,8 @@ from tqdm.auto import tqdm
 from raylsl.config import TrainSettings
 from raylsl.data import MCExample
 from raylsl.objective import Objective, to_device
-from raylsl.training.checkpoint import restore_latest, save_checkpoint
+from raylsl.training.checkpoint import LocalCheckpoints
+from raylsl.training.engine import TorchEngine
 
 
 @dataclass
@@ -78,84 +77,81 @@ def autocast_for(settings: TrainSettings, device: torch.device) -> torch.autocas
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
-def build_optimizer(model: nn.Module, settings: TrainSettings):
-    """AdamW over trainable parameters with linear warmup then cosine decay to 0."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+def micro_batches(n_examples: int, step: int, settings: TrainSettings, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Example indices of this rank's micro-batches at ``step``.
 
-    def factor(step: int) -> float:
-        if step < settings.warmup_steps:
-            return (step + 1) / (settings.warmup_steps + 1)
-        span = max(settings.steps - settings.warmup_steps, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(step - settings.warmup_steps, span) / span))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def micro_batches(n_examples: int, step: int, settings: TrainSettings) -> list[list[int]]:
-    """Example indices of each micro-batch of ``step``: a seeded permutation per epoch."""
-    per_step = settings.batch_size * settings.grad_accum
+    The global batch of a step is ``batch_size x grad_accum x world`` examples from a seeded
+    permutation per epoch; micro-batch m of the step is its m-th slice of ``batch_size x world``,
+    of which rank r takes the r-th ``batch_size``. One worker with batch 8 and two with batch 4
+    therefore see the same examples in each step.
+    """
+    per_micro = settings.batch_size * world
+    per_step = per_micro * settings.grad_accum
     start = step * per_step
-    indices = []
+    indices: list[int] = []
     while len(indices) < per_step:
         epoch, offset = divmod(start + len(indices), n_examples)
         perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
         indices += perm[offset: offset + per_step - len(indices)].tolist()
-    return [indices[i: i + settings.batch_size] for i in range(0, per_step, settings.batch_size)]
+    return [indices[m + rank * settings.batch_size: m + (rank + 1) * settings.batch_size]
+            for m in range(0, per_step, per_micro)]
 
 
 def train_loop(model: nn.Module, objective: Objective, examples: list[MCExample], settings: TrainSettings,
-               run_dir: Path, callbacks: tuple[Callback, ...] = (), progress: bool = True) -> dict[str, Any]:
-    """Trains ``model``'s trainable parameters; resumes from ``run_dir``'s newest checkpoint.
+               run_dir: Path, callbacks: tuple[Callback, ...] = (), progress: bool = True, engine=None,
+               checkpoints=None, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """Trains ``model``'s trainable parameters, resuming from the newest checkpoint.
+
+    Args:
+        model: the peft model.
+        engine: how to update it (default: a `TorchEngine` in this process).
+        checkpoints: where checkpoints go (default: `LocalCheckpoints` in ``run_dir``).
+        rank, world: this worker's data-parallel rank and the number of workers; only rank 0
+            writes ``metrics.jsonl`` and shows progress.
 
     Returns:
         ``{"steps", "resumed_from", "final_loss", "train_time_s", "peak_memory_mb"}``.
     """
     device = next(model.parameters()).device
-    optimizer, scheduler = build_optimizer(model, settings)
-    state = LoopState(model, optimizer, settings, run_dir)
-    state.step = resumed = restore_latest(run_dir, model, optimizer, scheduler, callbacks)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, resumed)
+    engine = engine or TorchEngine(model, settings)
+    checkpoints = checkpoints or LocalCheckpoints(run_dir)
+    state = LoopState(model, getattr(engine, "optimizer", None), settings, run_dir)
+    state.step = resumed = checkpoints.restore(engine, callbacks)
+    log = _MetricsLog(run_dir / "metrics.jsonl", resumed) if rank == 0 else None
     autocast = autocast_for(settings, device)
-    model.train()
+    engine.module.train()
     for cb in callbacks:
         cb.on_train_start(state)
-    bar = tqdm(total=settings.steps, initial=resumed, desc="train", disable=not progress or None)
+    bar = tqdm(total=settings.steps, initial=resumed, desc="train", disable=not progress or rank != 0 or None)
     loss_value, started = float("nan"), time.perf_counter()
-    with metrics_path.open("a") as log:
-        while state.step < settings.steps:
-            t0 = time.perf_counter()
-            state.extra_metrics = {}
-            for cb in callbacks:
-                cb.on_step_start(state)
-            loss_value = 0.0
-            for chunk in micro_batches(len(examples), state.step, settings):
-                batch = to_device(objective.batch([examples[i] for i in chunk], train=True), device)
-                with autocast:
-                    loss = objective.loss(model, batch) / settings.grad_accum
-                loss.backward()
-                loss_value += loss.item()
-            for cb in callbacks:
-                cb.on_before_optimizer_step(state)
-            if settings.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            metrics = {"step": state.step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                       "step_time_s": time.perf_counter() - t0, **state.extra_metrics}
-            log.write(json.dumps(metrics) + "\n")
-            log.flush()
-            for cb in callbacks:
-                cb.on_step_end(state, metrics)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            every = settings.checkpoint_every
-            if state.step == settings.steps or (every and state.step % every == 0):
-                save_checkpoint(run_dir, state.step, model, optimizer, scheduler, callbacks)
+    while state.step < settings.steps:
+        t0 = time.perf_counter()
+        state.extra_metrics = {}
+        for cb in callbacks:
+            cb.on_step_start(state)
+        chunks = micro_batches(len(examples), state.step, settings, rank, world)
+        loss_value = 0.0
+        for m, chunk in enumerate(chunks):
+            batch = to_device(objective.batch([examples[i] for i in chunk], train=True), device)
+            with autocast:
+                loss = objective.loss(engine.module, batch)
+            engine.backward(loss, last_micro=m == len(chunks) - 1)
+            loss_value += loss.item() / len(chunks)
+        for cb in callbacks:
+            cb.on_before_optimizer_step(state)
+        engine.step()
+        state.step += 1
+        metrics = {"step": state.step, "loss": loss_value, "lr": engine.lr(),
+                   "step_time_s": time.perf_counter() - t0, **state.extra_metrics}
+        if log:
+            log.write(metrics)
+        for cb in callbacks:
+            cb.on_step_end(state, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        every = settings.checkpoint_every
+        if state.step == settings.steps or (every and state.step % every == 0):
+            checkpoints.save(state.step, engine, callbacks, metrics)
     bar.close()
     for cb in callbacks:
         cb.on_train_end(state)
@@ -170,9 +166,17 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops metric lines past the resumed step, so a resumed run's log has each step once."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+class _MetricsLog:
+    """``metrics.jsonl``: one line per step; lines past a resumed step are dropped first, so a
+    resumed run's log has each step once."""
+
+    def __init__(self, path: Path, resumed_step: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            kept = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= resumed_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.path = path
+
+    def write(self, metrics: dict[str, Any]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(metrics) + "\n")
