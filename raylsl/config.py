@@ -148,6 +148,12 @@ class RunConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    workers: int = 0
+    """0 trains in this process; N >= 1 trains in N Ray Train workers (DDP, or DeepSpeed below)."""
+    deepspeed: str | None = None
+    """DeepSpeed ZeRO in the Ray workers: zero0, zero1, zero2, zero3 or a DeepSpeed JSON file."""
+    max_failures: int = 0
+    """Ray Train restarts a failed worker group this many times, from the newest checkpoint."""
     output_dir: str = "runs"
     """Directory under which each run gets its own folder."""
     name: str | None = None
@@ -160,6 +166,16 @@ class RunConfig:
 
         if self.selector is not None and self.layers != "all":
             raise ConfigError(f"give either layers={self.layers} or selector={self.selector}, not both")
+        _check(self.workers >= 0, "workers", self.workers, "must be >= 0 (0 trains in this process)")
+        _check(self.max_failures >= 0, "max_failures", self.max_failures, "must be >= 0")
+        if self.deepspeed is not None:
+            from raylsl.distributed.deepspeed_engine import deepspeed_config
+
+            deepspeed_config(self.deepspeed)
+            _check(self.workers > 0, "deepspeed", self.deepspeed, "runs in Ray Train workers: set workers=1 or more")
+            _check(self.selector not in ("ist", "lisa"), "deepspeed", self.deepspeed,
+                   f"cannot run selector={self.selector} yet (ZeRO owns the gradients it must drop); "
+                   f"use DDP (no deepspeed=) with workers=N")
         for name, options in self.selector_options.items():
             build_selector(name, options)
         if self.selector is not None:

@@ -29,7 +29,11 @@ class Objective(Protocol):
 
     def batch(self, examples: list[MCExample], train: bool) -> dict[str, torch.Tensor]: ...
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], normalizer: float | None = None) -> torch.Tensor:
+        """Summed loss over the batch's targets divided by ``normalizer`` (default: their count)."""
+
+    def target_count(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many targets (answer tokens, or examples) the batch's loss averages over."""
 
     def scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
@@ -79,8 +83,11 @@ class DecoderMC:
         picked = logprobs.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
         return picked * batch["target_mask"][:, 1:]
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return -self._token_logprobs(model, batch).sum() / batch["target_mask"][:, 1:].sum()
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], normalizer: float | None = None) -> torch.Tensor:
+        return -self._token_logprobs(model, batch).sum() / (normalizer or self.target_count(batch))
+
+    def target_count(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["target_mask"][:, 1:].sum())
 
     def scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         total = self._token_logprobs(model, batch).sum(-1)
@@ -114,8 +121,12 @@ class EncoderMC:
         logits = model(**inputs).logits.float()
         return logits.masked_fill(~batch["choice_valid"], float("-inf"))
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.cross_entropy(self._logits(model, batch), batch["labels"])
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], normalizer: float | None = None) -> torch.Tensor:
+        total = F.cross_entropy(self._logits(model, batch), batch["labels"], reduction="sum")
+        return total / (normalizer or self.target_count(batch))
+
+    def target_count(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(batch["labels"])
 
     def scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"acc": self._logits(model, batch)}

@@ -29,7 +29,7 @@ from raylsl.models import ModelSpec, find_blocks, resolve_model
 from raylsl.objective import Objective, evaluate, make_objective
 from raylsl.selectors import Budget, Selection, TrainingContext, build_selector, select_blocks
 from raylsl.selectors.report import plot_scores, plot_trajectory
-from raylsl.training.loop import autocast_for, seed_everything, train_loop
+from raylsl.training.loop import Callback, autocast_for, seed_everything, train_loop
 
 
 @dataclass
@@ -49,20 +49,24 @@ class Prepared:
     """How a selector chose ``layers``; None when the config lists them."""
 
 
-def prepare(config: RunConfig) -> Prepared:
+def prepare(config: RunConfig, layers: list[int] | None = None, device: torch.device | None = None) -> Prepared:
     """Resolves and validates everything a run needs, running the selector if one is configured;
-    raises `RaylslError` on bad input."""
+    raises `RaylslError` on bad input.
+
+    Args:
+        layers: blocks already chosen (by the driver of a Ray run); skips selection.
+        device: where the model goes (default: the GPU if there is one).
+    """
     spec = resolve_model(config.model)
     task = load_task(config.task, config.data)
     model, tokenizer = spec.load()
     blocks_path, blocks = find_blocks(model, config.blocks_path)
-    if config.selector is None:
+    if layers is None and config.selector is None:
         layers = parse_layers(config.layers, len(blocks))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    model.to(device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     objective = make_objective(spec.kind, tokenizer, config.data.max_length)
     selection = None
-    if config.selector is not None:
+    if layers is None:
         selection = select_blocks(
             model, blocks, objective, task.train,
             build_selector(config.selector, config.selector_options.get(config.selector)),
@@ -98,16 +102,23 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
         write_selection(prepared.selection, run_dir)
     try:
         before = _evaluate_before(prepared, run_dir)
-        seed_everything(config.train.seed)
-        model = apply_lora(prepared.model, prepared.layers, config.lora, prepared.blocks_path,
-                           find_blocks(prepared.model, prepared.blocks_path)[1], prepared.spec.kind)
+        if config.workers:
+            from peft import PeftModel
+
+            from raylsl.distributed.ray_train import train_with_ray
+
+            loop = train_with_ray(prepared, run_dir, progress)
+            dynamic_summary = loop.pop("dynamic")
+            model = PeftModel.from_pretrained(prepared.model, run_dir / "adapter", is_trainable=True)
+        else:
+            model, dynamic = adapt(prepared)
+            loop = train_loop(model, prepared.objective, prepared.task.train, config.train, run_dir,
+                              callbacks=(dynamic,) if dynamic else (), progress=progress)
+            dynamic_summary = dynamic.summary() if dynamic else None
+            model.save_pretrained(run_dir / "adapter")
         params = count_trainable(model)
-        dynamic = _dynamic_callback(prepared, model)
-        loop = train_loop(model, prepared.objective, prepared.task.train, config.train, run_dir,
-                          callbacks=(dynamic,) if dynamic else (), progress=progress)
         autocast = autocast_for(config.train, next(model.parameters()).device)
         after = evaluate(model, prepared.objective, prepared.task.test, config.train.eval_batch_size, autocast)
-        model.save_pretrained(run_dir / "adapter")
     except BaseException as exc:
         _write_json(run_dir / "run.json", {"status": "failed", "error": repr(exc), "layers": prepared.layers})
         raise
@@ -116,7 +127,7 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
         "adapted_blocks": adapted_blocks(model, prepared.blocks_path), "num_blocks": prepared.num_blocks,
         "params": params, "before": before, "after": after, "train": loop,
         "selector": config.selector, "selection_time_s": prepared.selection.seconds if prepared.selection else 0.0,
-        "dynamic": dynamic.summary() if dynamic else None,
+        "dynamic": dynamic_summary, "workers": config.workers, "deepspeed": config.deepspeed,
         "wall_time_s": time.perf_counter() - started, "run_dir": str(run_dir),
     }
     _write_json(run_dir / "results.json", results)
@@ -124,15 +135,19 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
     return results
 
 
-def _dynamic_callback(prepared: Prepared, model: nn.Module):
-    """The training-loop callback of a dynamic selector (IST, LISA); None for static ones."""
+def adapt(prepared: Prepared) -> tuple[nn.Module, Callback | None]:
+    """LoRA on the chosen blocks (seeded, so every rank starts identical), and the training-loop
+    callback of a dynamic selector (IST, LISA), None for static ones."""
     config = prepared.config
+    seed_everything(config.train.seed)
+    model = apply_lora(prepared.model, prepared.layers, config.lora, prepared.blocks_path,
+                       find_blocks(prepared.model, prepared.blocks_path)[1], prepared.spec.kind)
     if config.selector is None:
-        return None
+        return model, None
     selector = build_selector(config.selector, config.selector_options.get(config.selector))
     ctx = TrainingContext(model, prepared.blocks_path, prepared.num_blocks, prepared.objective,
                           prepared.task.validation, config.train.seed)
-    return selector.training_callback(ctx)
+    return model, selector.training_callback(ctx)
 
 
 def _evaluate_before(prepared: Prepared, run_dir: Path) -> dict[str, float] | None:

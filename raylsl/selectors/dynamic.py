@@ -67,7 +67,8 @@ class ActiveBlocksCallback(Callback, ABC):
         """Writes the selector's record into the run directory."""
 
     def on_train_end(self, state: LoopState) -> None:
-        self.write(state.run_dir)
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+            self.write(state.run_dir)
 
     def on_step_start(self, state: LoopState) -> None:
         chosen = torch.zeros(self.ctx.num_blocks, dtype=torch.long)

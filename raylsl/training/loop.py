@@ -133,10 +133,15 @@ def train_loop(model: nn.Module, objective: Objective, examples: list[MCExample]
         loss_value = 0.0
         for m, chunk in enumerate(chunks):
             batch = to_device(objective.batch([examples[i] for i in chunk], train=True), device)
+            # Under data parallelism each rank divides by (global targets / world): the gradient
+            # average over ranks is then exactly the global batch's mean, as with one worker.
+            normalizer = _mean_over_ranks(objective.target_count(batch), device) if world > 1 else None
             with autocast:
-                loss = objective.loss(engine.module, batch)
+                loss = objective.loss(engine.module, batch, normalizer)
             engine.backward(loss, last_micro=m == len(chunks) - 1)
             loss_value += loss.item() / len(chunks)
+        if world > 1:  # log the global batch's loss, not rank 0's shard
+            loss_value = _mean_over_ranks(loss_value, device)
         for cb in callbacks:
             cb.on_before_optimizer_step(state)
         engine.step()
@@ -157,6 +162,14 @@ def train_loop(model: nn.Module, objective: Objective, examples: list[MCExample]
         cb.on_train_end(state)
     return {"steps": state.step, "resumed_from": resumed, "final_loss": loss_value,
             "train_time_s": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(device)}
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total) / dist.get_world_size()
 
 
 def peak_memory_mb(device: torch.device) -> float:

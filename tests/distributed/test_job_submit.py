@@ -1,0 +1,53 @@
+"""`ray job submit` against a local head that this test starts and stops (by PID, not `ray stop`)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parents[2]
+DASHBOARD = "http://127.0.0.1:8297"
+
+
+@pytest.fixture
+def local_head(tmp_path):
+    pytest.importorskip("ray")
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--port=6397", "--dashboard-port=8297",
+                             "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([ray_cli, "job", "list", "--address", DASHBOARD], env=env,
+                             capture_output=True).returncode != 0:
+            assert head.poll() is None and time.time() < deadline, "the Ray head did not come up"
+            time.sleep(2)
+        yield ray_cli, env
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_job_submit_trains_through_the_cluster(local_head, tmp_path, task_file):
+    ray_cli, env = local_head
+    out_dir = tmp_path / "runs"
+    job = subprocess.run(
+        [ray_cli, "job", "submit", "--address", DASHBOARD, "--working-dir", str(REPO),
+         "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--",
+         sys.executable, "-m", "raylsl", "train", "configs/tiny-smoke.yaml", f"task={task_file}",
+         f"output_dir={out_dir}", "name=job", "workers=2", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=480)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "trainable parameters: 4,096" in job.stdout
+    results = json.loads((out_dir / "job" / "results.json").read_text())
+    assert results["workers"] == 2 and results["train"]["steps"] == 4
