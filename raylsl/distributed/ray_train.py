@@ -5,7 +5,8 @@ once, there); every worker loads the model, puts LoRA on exactly those blocks wi
 and runs `raylsl.training.loop.train_loop` on its shard of each step's global batch. Checkpoints
 (adapter, optimizer or ZeRO state, every rank's RNG, callback state) are reported through
 ``ray.train.report`` into ``RUN_DIR/ray``; with ``max_failures`` Ray restarts a failed worker group
-from the newest one. Without ``RAY_ADDRESS`` an embedded local Ray is started.
+from the newest one. ``RAY_ADDRESS`` (which ``ray job submit`` sets) selects the cluster; without it
+a fresh local Ray is started.
 
 Run directories are written by rank 0, so on a multi-node cluster ``output_dir`` must be storage
 every node sees (NFS, a mounted bucket); on one machine nothing needs doing.
@@ -63,7 +64,10 @@ def train_with_ray(prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
     config = prepared.config
     cuda = torch.cuda.is_available()
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=progress)
+        # RAY_ADDRESS (set by `ray job submit` and by users) names the cluster; without it, a fresh
+        # local Ray, never a head some earlier `ray start` left recorded on this machine.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=progress)
     env = {"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
     if not cuda:
         env["DS_ACCELERATOR"] = "cpu"

@@ -29,17 +29,23 @@ def local_head(tmp_path):
                              capture_output=True).returncode != 0:
             assert head.poll() is None and time.time() < deadline, "the Ray head did not come up"
             time.sleep(2)
-        yield ray_cli, env
+        yield ray_cli, env, lambda: _stop(head)
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        _stop(head)
+
+
+def _stop(head: subprocess.Popen) -> None:
+    if head.poll() is not None:
+        return
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
 
 
 def test_job_submit_trains_through_the_cluster(local_head, tmp_path, task_file):
-    ray_cli, env = local_head
+    ray_cli, env, _ = local_head
     out_dir = tmp_path / "runs"
     job = subprocess.run(
         [ray_cli, "job", "submit", "--address", DASHBOARD, "--working-dir", str(REPO),
@@ -49,5 +55,18 @@ def test_job_submit_trains_through_the_cluster(local_head, tmp_path, task_file):
         env=env, capture_output=True, text=True, timeout=480)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "trainable parameters: 4,096" in job.stdout
+    assert "Started a local Ray instance" not in job.stdout + job.stderr  # it ran on the head's cluster
     results = json.loads((out_dir / "job" / "results.json").read_text())
     assert results["workers"] == 2 and results["train"]["steps"] == 4
+
+
+def test_train_after_a_head_stopped_starts_its_own_ray(local_head, tmp_path, task_file):
+    """A stopped head stays recorded on the machine; without RAY_ADDRESS raylsl must not dial it."""
+    _, env, stop = local_head
+    stop()
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run([sys.executable, "-m", "raylsl", "train", "configs/tiny-smoke.yaml", f"task={task_file}",
+                          f"output_dir={tmp_path}", "name=after", "workers=1", "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "after" / "results.json").read_text())["workers"] == 1

@@ -123,3 +123,18 @@ def test_ist_runs_under_ddp_with_rank0_decisions(two_workers):
                                                               "ist.probe_batch_size": 4, "train.steps": 4})
     record = json.loads((Path(results["run_dir"]) / "ist.json").read_text())
     assert sum(record["steps_trained_per_block"]) == 8 and results["dynamic"]["adapter_params_existing"] > 0
+
+
+def test_static_selection_happens_once_on_the_driver(two_workers, monkeypatch):
+    from raylsl.selectors import select as select_module
+
+    calls = []
+    original = select_module.run_selector
+    monkeypatch.setattr(select_module, "run_selector", lambda *a, **k: calls.append(1) or original(*a, **k))
+    run, _ = two_workers
+    results = run("selected", selector="activation", n=2, layers="all", **{"train.steps": 2})
+    chosen = json.loads((Path(results["run_dir"]) / "scores.json").read_text())["layers"]
+    assert calls == [1]  # the driver scored once (workers get the blocks via prepare(layers=...))
+    # DDP would fail on mismatched parameters, so a finished 2-worker run means both ranks adapted
+    # the same blocks; rank 0's saved adapter shows which.
+    assert results["adapted_blocks"] == chosen == results["layers"] and len(chosen) == 2
