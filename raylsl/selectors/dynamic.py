@@ -39,6 +39,10 @@ def broadcast_from_rank0(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def block_count(value: int | float, num_blocks: int, key: str) -> int:
     """A count or a fraction of L, as a count in 1..L."""
     try:
@@ -67,13 +71,23 @@ class ActiveBlocksCallback(Callback, ABC):
         """Writes the selector's record into the run directory."""
 
     def on_train_end(self, state: LoopState) -> None:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        for params in self.params.values():
+            for param in params:
+                param.requires_grad_(True)
+        if not _distributed() or dist.get_rank() == 0:
             self.write(state.run_dir)
 
     def on_step_start(self, state: LoopState) -> None:
         chosen = torch.zeros(self.ctx.num_blocks, dtype=torch.long)
         chosen[self.choose_active(state.step)] = 1
         self.active = broadcast_from_rank0(chosen).nonzero().flatten().tolist()
+        if not _distributed():
+            # In one process, autograd can skip inactive blocks' weight gradients altogether.
+            # (Under DDP/DeepSpeed toggling requires_grad breaks the reducer: there the dropped
+            # gradients below are what keeps inactive blocks still.)
+            for index, params in self.params.items():
+                for param in params:
+                    param.requires_grad_(index in self.active)
         for i in self.active:
             self.counts[i] += 1
         self.updated_params.append(sum(p.numel() for i in self.active for p in self.params.get(i, [])))
