@@ -29,7 +29,8 @@ def _losses(run_dir) -> list[float]:
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory, ray_session):
-    """A 2-worker DDP run (batch 4 each) that several tests read."""
+    """A 2-worker DDP run (batch 4 each) that several tests read. Dropout is off so that a 1-worker
+    run can be compared with it: each rank draws its own dropout masks."""
     from tests.conftest import write_task
 
     root = tmp_path_factory.mktemp("ddp")
@@ -40,7 +41,7 @@ def two_workers(tmp_path_factory, ray_session):
         base = {"model": "tiny-llama", "task.name": str(task), "output_dir": str(root), "name": name,
                 "data.test_size": 32, "data.val_size": 16, "train.steps": STEPS, "train.batch_size": 4,
                 "train.warmup_steps": 1, "train.checkpoint_every": 2, "train.lr": 5e-3, "layers": "1-3",
-                "workers": 2}
+                "workers": 2, "lora.dropout": 0.0}
         base.update(overrides)
         return recipe.train(load_config(None, base), progress=False)
 
@@ -56,10 +57,8 @@ def test_ddp_trains_and_saves_a_loadable_adapter(two_workers):
 
 
 def test_one_and_two_workers_with_the_same_global_batch_agree(two_workers):
-    run, _ = two_workers
-    # Dropout off: each rank draws its own masks, so with dropout the runs differ by design.
-    one = run("one", workers=1, **{"train.batch_size": 8, "lora.dropout": 0.0})
-    two = run("two", **{"lora.dropout": 0.0})
+    run, two = two_workers
+    one = run("one", workers=1, **{"train.batch_size": 8})
     a, b = _losses(one["run_dir"]), _losses(two["run_dir"])
     assert len(a) == len(b) == STEPS
     for x, y in zip(a, b):  # per-rank token means vs one global mean: close, not bit-equal
@@ -90,7 +89,8 @@ def _kill_one_worker_after_first_checkpoint(storage: Path, killed: list) -> None
 def test_killed_worker_resumes_from_checkpoint_and_matches(two_workers):
     run, first = two_workers
     root = Path(first["run_dir"]).parent
-    longer = {"train.steps": 30, "train.checkpoint_every": 3}  # a window wide enough to kill in
+    # 30 steps: a window wide enough to kill in; dropout on: each rank's RNG must be restored too.
+    longer = {"train.steps": 30, "train.checkpoint_every": 3, "lora.dropout": 0.1}
     reference = run("uninterrupted", **longer)
     killed: list[int] = []
     killer = threading.Thread(target=_kill_one_worker_after_first_checkpoint, args=(root / "killed" / "ray", killed))
