@@ -7,9 +7,7 @@ from typing import Any
 
 from raylsl.config import load_config
 from raylsl.errors import ConfigError
-from raylsl.objective import evaluate
-from raylsl.recipes.train import prepare
-from raylsl.training.loop import autocast_for
+from raylsl.recipes.train import evaluate_on, prepare
 
 
 def evaluate_target(target: str | None, overrides: list[str], split: str = "test") -> dict[str, Any]:
@@ -37,7 +35,6 @@ def evaluate_target(target: str | None, overrides: list[str], split: str = "test
 
         model = PeftModel.from_pretrained(model, adapter)
     examples = getattr(prepared.task, split)
-    autocast = autocast_for(prepared.config.train, next(model.parameters()).device)
-    metrics = evaluate(model, prepared.objective, examples, prepared.config.train.eval_batch_size, autocast)
+    metrics = evaluate_on(prepared, model, examples)
     return {"model": prepared.config.model, "task": prepared.config.task.name, "adapter": str(adapter) if adapter else None,
             "split": split, **metrics}

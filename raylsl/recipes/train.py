@@ -117,8 +117,7 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
             dynamic_summary = dynamic.summary() if dynamic else None
             model.save_pretrained(run_dir / "adapter")
         params = count_trainable(model)
-        autocast = autocast_for(config.train, next(model.parameters()).device)
-        after = evaluate(model, prepared.objective, prepared.task.test, config.train.eval_batch_size, autocast)
+        after = evaluate_on(prepared, model, prepared.task.test)
     except BaseException as exc:
         _write_json(run_dir / "run.json", {"status": "failed", "error": repr(exc), "layers": prepared.layers})
         raise
@@ -150,6 +149,12 @@ def adapt(prepared: Prepared) -> tuple[nn.Module, Callback | None]:
     return model, selector.training_callback(ctx)
 
 
+def evaluate_on(prepared: Prepared, model: nn.Module, examples: list) -> dict[str, float]:
+    """Accuracy of ``model`` on ``examples`` with the run's objective, batch size and precision."""
+    autocast = autocast_for(prepared.config.train, next(model.parameters()).device)
+    return evaluate(model, prepared.objective, examples, prepared.config.train.eval_batch_size, autocast)
+
+
 def _evaluate_before(prepared: Prepared, run_dir: Path) -> dict[str, float] | None:
     """Base-model test accuracy, computed once per run directory (a resume reuses it)."""
     path = run_dir / "eval_before.json"
@@ -157,9 +162,7 @@ def _evaluate_before(prepared: Prepared, run_dir: Path) -> dict[str, float] | No
         return json.loads(path.read_text())
     if not prepared.config.eval_before:
         return None
-    autocast = autocast_for(prepared.config.train, next(prepared.model.parameters()).device)
-    before = evaluate(prepared.model, prepared.objective, prepared.task.test,
-                      prepared.config.train.eval_batch_size, autocast)
+    before = evaluate_on(prepared, prepared.model, prepared.task.test)
     _write_json(path, before)
     return before
 

@@ -7,8 +7,9 @@
 
 An inactive block gets no update at all: its LoRA gradients are dropped (set to None) before the
 optimizer step, and AdamW skips parameters without a gradient entirely — no momentum step, no
-weight decay, no change to its moment estimates. (Gradients are still computed for every block;
-toggling ``requires_grad`` would save that work but breaks DDP/DeepSpeed reducers.)
+weight decay, no change to its moment estimates. In a single process ``requires_grad`` also follows
+the active set, so inactive blocks' weight gradients are never computed; under DDP that toggling
+would break the reducer, so there they are computed and dropped.
 
 Every decision is made on rank 0 and broadcast, so all data-parallel ranks train the same blocks.
 """
@@ -34,7 +35,7 @@ from raylsl.training.loop import Callback, LoopState
 
 def broadcast_from_rank0(values: torch.Tensor) -> torch.Tensor:
     """Rank 0's tensor on every rank (a no-op without torch.distributed)."""
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         dist.broadcast(values, src=0)
     return values
 
