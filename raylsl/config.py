@@ -173,9 +173,6 @@ class RunConfig:
 
             deepspeed_config(self.deepspeed)
             _check(self.workers > 0, "deepspeed", self.deepspeed, "runs in Ray Train workers: set workers=1 or more")
-            _check(self.selector not in ("ist", "lisa"), "deepspeed", self.deepspeed,
-                   f"cannot run selector={self.selector} yet (ZeRO owns the gradients it must drop); "
-                   f"use DDP (no deepspeed=) with workers=N")
         for name, options in self.selector_options.items():
             build_selector(name, options)
         if self.selector is not None:

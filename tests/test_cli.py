@@ -27,7 +27,6 @@ from raylsl.cli import main
     (["cka.pooling=max"], "cka.pooling='max' must be last, cls or mean"),
     (["deepspeed=zero2"], "deepspeed='zero2' runs in Ray Train workers: set workers=1 or more"),
     (["workers=2", "deepspeed=zero9"], "deepspeed='zero9': use one of zero0, zero1, zero2, zero3"),
-    (["workers=2", "deepspeed=zero1", "selector=ist"], "cannot run selector=ist yet"),
     (["workers=-1"], "workers=-1 must be >= 0"),
 ])
 def test_bad_input_is_one_clear_message(args, message, tmp_path, task_file, capsys):

@@ -42,10 +42,11 @@ def deepspeed_config(spec: str) -> dict[str, Any]:
 class DeepSpeedEngine:
     """Wraps ``deepspeed.initialize``; plain ``torch.optim.AdamW`` (no DeepSpeed op build)."""
 
-    def __init__(self, model: nn.Module, settings: TrainSettings, config: dict[str, Any], bf16: bool):
+    def __init__(self, model: nn.Module, settings: TrainSettings, config: dict[str, Any], bf16: bool,
+                 groups: list[dict] | None = None):
         import deepspeed
 
-        optimizer, scheduler = build_optimizer(model, settings)
+        optimizer, scheduler = build_optimizer(model, settings, groups)
         config = {**config, "train_micro_batch_size_per_gpu": settings.batch_size,
                   "gradient_accumulation_steps": settings.grad_accum,
                   "gradient_clipping": settings.max_grad_norm, "zero_allow_untested_optimizer": True,
@@ -68,7 +69,7 @@ class DeepSpeedEngine:
         self.module.step()  # the accumulation boundary: clip, optimizer and schedule step
 
     def lr(self) -> float:
-        return self.module.get_lr()[0]
+        return self.scheduler.get_last_lr()[0]  # not a group's lr: a dynamic selector zeroes some
 
     def save_state(self, path: Path, rank: int) -> None:
         # Collective: each rank writes its ZeRO partition of the optimizer state.

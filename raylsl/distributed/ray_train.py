@@ -101,7 +101,7 @@ def _worker(cfg: dict[str, Any]) -> None:
     run_dir = Path(cfg["run_dir"])
     prepared = prepare(load_config(run_dir / "config.yaml"), layers=cfg["layers"], device=ray.train.torch.get_device())
     model, dynamic = adapt(prepared)
-    engine = _engine(model, prepared.config, world)
+    engine = _engine(model, prepared.config, world, dynamic.optimizer_groups() if dynamic else None)
     callbacks = (dynamic,) if dynamic else ()
     result = train_loop(model, prepared.objective, prepared.task.train, prepared.config.train, run_dir, callbacks,
                         progress=cfg["progress"], engine=engine, checkpoints=RayCheckpoints(rank), rank=rank, world=world)
@@ -112,12 +112,14 @@ def _worker(cfg: dict[str, Any]) -> None:
         (run_dir / "worker_result.json").write_text(json.dumps(result))
 
 
-def _engine(model, config, world: int):
+def _engine(model, config, world: int, groups: list[dict] | None = None):
+    """DDP (``ddp`` when world > 1) or DeepSpeed; ``groups`` are a dynamic selector's per-block
+    optimizer param groups."""
     from raylsl.training.engine import TorchEngine
 
     if config.deepspeed is None:
-        return TorchEngine(model, config.train, ddp=world > 1)
+        return TorchEngine(model, config.train, ddp=world > 1, groups=groups)
     from raylsl.distributed.deepspeed_engine import DeepSpeedEngine, deepspeed_config
 
     bf16 = torch.cuda.is_available() and config.train.precision in ("auto", "bf16")
-    return DeepSpeedEngine(model, config.train, deepspeed_config(config.deepspeed), bf16=bf16)
+    return DeepSpeedEngine(model, config.train, deepspeed_config(config.deepspeed), bf16=bf16, groups=groups)

@@ -5,11 +5,19 @@
     lisa  LISA-style resampling (Pan et al. 2024) as the random dynamic baseline: every
           ``interval`` steps, ``n_active`` blocks drawn uniformly without replacement.
 
-An inactive block gets no update at all: its LoRA gradients are dropped (set to None) before the
-optimizer step, and AdamW skips parameters without a gradient entirely — no momentum step, no
-weight decay, no change to its moment estimates. In a single process ``requires_grad`` also follows
-the active set, so inactive blocks' weight gradients are never computed; under DDP that toggling
-would break the reducer, so there they are computed and dropped.
+An inactive block gets no update at all:
+
+- one process: ``requires_grad`` follows the active set (inactive blocks' weight gradients are
+  never computed) and any gradient left is dropped (set to None) before the step, so AdamW skips
+  the block entirely: no momentum step, no weight decay, moments untouched;
+- DDP: toggling ``requires_grad`` would break the reducer, so the gradients are computed, zeroed by a
+  hook and dropped before the step: AdamW skips the block as above;
+- DeepSpeed ZeRO: the optimizer steps flattened per-group partitions and cannot skip a parameter, so
+  the callback asks for one optimizer param group per block (`optimizer_groups`), zeroes inactive
+  blocks' gradients in backward by a hook (before ZeRO reduces them, so they count in neither the
+  clipping norm nor the moments) and sets their groups' lr to 0 for the step: the weights stay
+  bit-identical (AdamW's update and decoupled weight decay both scale with lr). Their Adam moments
+  do decay by beta1/beta2 while the block waits, which the other two paths avoid.
 
 Every decision is made on rank 0 and broadcast, so all data-parallel ranks train the same blocks.
 """
@@ -62,6 +70,7 @@ class ActiveBlocksCallback(Callback, ABC):
         self.active: list[int] = []
         self.counts = [0] * ctx.num_blocks
         self.updated_params: list[int] = []
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     @abstractmethod
     def choose_active(self, step: int) -> list[int]:
@@ -71,7 +80,25 @@ class ActiveBlocksCallback(Callback, ABC):
     def write(self, run_dir: Path) -> None:
         """Writes the selector's record into the run directory."""
 
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Optimizer param groups: one per block, tagged ``block``, then one for any other trainable
+        parameter (an encoder's classifier head), so that ZeRO can hold a block still by its group."""
+        in_blocks = {id(p) for params in self.params.values() for p in params}
+        rest = [p for p in self.ctx.model.parameters() if p.requires_grad and id(p) not in in_blocks]
+        groups = [{"params": params, "block": index} for index, params in sorted(self.params.items())]
+        return groups + ([{"params": rest, "block": None}] if rest else [])
+
+    def on_train_start(self, state: LoopState) -> None:
+        if _distributed():  # zero inactive blocks' gradients before DDP or ZeRO reduces them
+            for index, params in self.params.items():
+                for param in params:
+                    self._hooks.append(param.register_hook(lambda grad, i=index: grad if i in self.active
+                                                           else torch.zeros_like(grad)))
+
     def on_train_end(self, state: LoopState) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
         for params in self.params.values():
             for param in params:
                 param.requires_grad_(True)
@@ -100,6 +127,10 @@ class ActiveBlocksCallback(Callback, ABC):
             if index not in keep:
                 for param in params:
                     param.grad = None
+        # Per-block groups (ZeRO): lr 0 for this step; the schedule sets every group's lr again after it.
+        for group in getattr(state.optimizer, "param_groups", []):
+            if group.get("block") is not None and group["block"] not in keep:
+                group["lr"] = 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "active": self.active, "counts": self.counts,

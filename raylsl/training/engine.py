@@ -14,11 +14,15 @@ from torch import nn
 from raylsl.config import TrainSettings
 
 
-def build_optimizer(model: nn.Module, settings: TrainSettings):
-    """AdamW over trainable parameters with linear warmup then cosine decay to 0."""
+def build_optimizer(model: nn.Module, settings: TrainSettings, groups: list[dict] | None = None):
+    """AdamW over trainable parameters with linear warmup then cosine decay to 0.
+
+    ``groups`` (optional) splits the trainable parameters into param groups; a dynamic selector
+    asks for one per block so that a block can be held still under ZeRO (see `raylsl.selectors.dynamic`).
+    """
     import math
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = groups or [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
     def factor(step: int) -> float:
@@ -34,10 +38,10 @@ class TorchEngine:
     """AdamW + schedule in this process; with ``ddp=True`` the forward module is DDP-wrapped
     (gradients averaged across ranks in backward)."""
 
-    def __init__(self, model: nn.Module, settings: TrainSettings, ddp: bool = False):
+    def __init__(self, model: nn.Module, settings: TrainSettings, ddp: bool = False, groups: list[dict] | None = None):
         self.peft_model = model
         self.settings = settings
-        self.optimizer, self.scheduler = build_optimizer(model, settings)
+        self.optimizer, self.scheduler = build_optimizer(model, settings, groups)
         if ddp:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -51,13 +55,14 @@ class TorchEngine:
 
     def step(self) -> None:
         if self.settings.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.settings.max_grad_norm)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.settings.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        return self.scheduler.get_last_lr()[0]  # the schedule's value, whatever a callback set on a group
 
     def save_state(self, path: Path, rank: int) -> None:
         if rank == 0:

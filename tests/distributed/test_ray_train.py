@@ -117,12 +117,15 @@ def test_deepspeed_stages_train_and_save_loadable_adapters(two_workers, stage):
     assert evaluate_target(results["run_dir"], [])["acc"] == results["after"]["acc"]
 
 
-def test_ist_runs_under_ddp_with_rank0_decisions(two_workers):
+@pytest.mark.parametrize("deepspeed", [None, "zero2"])
+def test_ist_runs_in_workers_with_rank0_decisions(two_workers, deepspeed):
     run, _ = two_workers
-    results = run("ist-ddp", selector="ist", layers="all", **{"ist.n_update": 2, "ist.interval": 2,
-                                                              "ist.probe_batch_size": 4, "train.steps": 4})
+    results = run(f"ist-{deepspeed or 'ddp'}", selector="ist", layers="all", deepspeed=deepspeed,
+                  **{"ist.n_update": 2, "ist.interval": 2, "ist.probe_batch_size": 4, "train.steps": 4})
     record = json.loads((Path(results["run_dir"]) / "ist.json").read_text())
     assert sum(record["steps_trained_per_block"]) == 8 and results["dynamic"]["adapter_params_existing"] > 0
+    lrs = [json.loads(line)["lr"] for line in (Path(results["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert all(lr > 0 for lr in lrs[:-1])  # the schedule's lr (0 after the last step), not an inactive block's 0
 
 
 def test_static_selection_happens_once_on_the_driver(two_workers, monkeypatch):
