@@ -1,4 +1,4 @@
-"""Command line: ``raylsl train`` and ``raylsl eval``.
+"""Command line: ``raylsl train``, ``select``, ``eval``, ``sweep`` and ``report``.
 
 Each command maps to a plain function in `raylsl.recipes`. Positional arguments are an optional
 YAML config (or run directory) followed by ``key=value`` overrides (``lora.r=16 layers=15-29``).
@@ -60,6 +60,58 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from raylsl.config import parse_overrides
+
+    source, overrides = _split_positionals(args.items)
+    run = _sweep_module()
+    if args.resume:
+        if source or overrides:
+            raise RaylslError("--resume takes the sweep directory alone; its sweep.json already holds the settings")
+        report = run.resume_sweep(args.resume, progress=not args.no_progress)
+    else:
+        if source is None:
+            raise RaylslError("give a search space file, e.g. `raylsl sweep search_spaces/default.yaml`")
+        report = run.sweep(source, parse_overrides(overrides), trials=args.trials, concurrency=args.concurrency,
+                           workers_per_trial=args.workers_per_trial, smoke=args.smoke, output_dir=args.output_dir,
+                           name=args.name, progress=not args.no_progress)
+    _print_report(report)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raylsl import report as reports
+
+    report = reports.load(args.run_dir)
+    if not args.no_test:
+        report = _sweep_module().evaluate_front(report)
+    report.write()
+    _print_report(report)
+    return 0
+
+
+def _sweep_module():
+    try:
+        from raylsl.sweep import run
+    except ModuleNotFoundError as exc:
+        raise RaylslError(f"sweeps need Ray Tune and Optuna ({exc.name} is missing): "
+                          f"pip install 'raylsl[sweep]'") from None
+    return run
+
+
+def _print_report(report) -> None:
+    trials = report.trials
+    failed = trials[trials["status"] != "TERMINATED"]
+    print(report.front_table())
+    print(f"{len(trials)} trials, {len(failed)} failed or unfinished; front: {len(report.pareto_front())} trials")
+    for row in failed.itertuples():
+        print(f"  {row.trial_id} {row.status}: {row.error}")
+    print(f"report: {report.run_dir / 'pareto.md'}, {report.run_dir / 'pareto.csv'}, {report.run_dir / 'pareto.png'}")
+    if not report.complete:
+        print(f"the sweep stopped before its {report.planned} trials finished; continue it with "
+              f"`raylsl sweep --resume {report.run_dir}`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raylsl", description="Layer-selective LoRA fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +138,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("items", nargs="*", metavar="[RUN_DIR|CONFIG.yaml] [KEY=VALUE ...]")
     evaluate.add_argument("--split", default="test", help="test (default) or validation")
     evaluate.set_defaults(func=cmd_eval)
+
+    sweep = sub.add_parser("sweep", help="Ray Tune + Optuna sweep: accuracy vs trainable parameters")
+    sweep.add_argument("items", nargs="*", metavar="SPACE.yaml [KEY=VALUE ...]",
+                       help="a search space file (search_spaces/), then run-config overrides for every trial")
+    sweep.add_argument("--trials", type=int, help="number of trials (default: the space file's)")
+    sweep.add_argument("--concurrency", type=int, help="trials at once (default: the space file's)")
+    sweep.add_argument("--workers-per-trial", type=int, help="0: train in the trial's process; N: N Ray Train workers")
+    sweep.add_argument("--smoke", action="store_true", help="3 tiny trials: checks the whole path quickly")
+    sweep.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep")
+    sweep.add_argument("--output-dir", default="runs", help="where the sweep directory goes (default: runs)")
+    sweep.add_argument("--name", help="sweep directory name (default: sweep-SPACE-TIME)")
+    sweep.add_argument("--no-progress", action="store_true", help="no live trial table")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser("report", help="Pareto report of a sweep: pareto.csv, pareto.md, pareto.png")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--no-test", action="store_true", help="do not evaluate front members on the test split")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
@@ -104,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raylsl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("raylsl: interrupted; resume with `raylsl train --resume RUN_DIR`", file=sys.stderr)
+        again = "sweep" if args.command == "sweep" else "train"
+        print(f"raylsl: interrupted; resume with `raylsl {again} --resume RUN_DIR`", file=sys.stderr)
         return 130
 
 

@@ -160,6 +160,8 @@ class RunConfig:
     """Run folder name; None derives one from model, task, layers and time."""
     eval_before: bool = True
     """Evaluate the base model on the test split before training."""
+    eval_split: str = "test"
+    """Split the trained adapter is evaluated on: test, or validation (sweep trials never see test)."""
 
     def __post_init__(self) -> None:
         from raylsl.selectors import Budget, build_selector, check_budget
@@ -168,6 +170,7 @@ class RunConfig:
             raise ConfigError(f"give either layers={self.layers} or selector={self.selector}, not both")
         _check(self.workers >= 0, "workers", self.workers, "must be >= 0 (0 trains in this process)")
         _check(self.max_failures >= 0, "max_failures", self.max_failures, "must be >= 0")
+        _check(self.eval_split in ("test", "validation"), "eval_split", self.eval_split, "must be test or validation")
         if self.deepspeed is not None:
             from raylsl.distributed.deepspeed_engine import deepspeed_config
 
@@ -222,7 +225,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of keys to values at the top level")
-    parsed = _parse_overrides(overrides)
+    parsed = parse_overrides(overrides)
     if parsed:
         only_overrides: dict[str, Any] = {}
         for key, value in parsed.items():
@@ -301,7 +304,7 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
     return value
 
 
-def _parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
+def parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
     if overrides is None:
         return {}
     if isinstance(overrides, dict):

@@ -44,3 +44,13 @@ def tiny_config(tmp_path: Path, task_file: Path):
         return load_config(None, base)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One fresh embedded Ray per test module: each TorchTrainer.fit or Tune run already costs
+    seconds of start-up. ``address="local"`` never joins a head another test (or user) left running."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

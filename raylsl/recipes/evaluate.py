@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,16 @@ def evaluate_target(target: str | None, overrides: list[str], split: str = "test
     if split not in ("test", "validation"):
         raise ConfigError(f"--split {split!r}: choose test or validation")
     path = Path(target) if target else None
-    adapter = None
+    adapter, layers = None, None
     if path is not None and path.is_dir():
         adapter = path / "adapter"
         if not (adapter / "adapter_config.json").is_file():
             raise ConfigError(f"{path} holds no finished adapter ({adapter} is missing); train it to the "
                               f"end, or `raylsl train --resume {path}`")
+        layers = json.loads((path / "run.json").read_text())["layers"] if (path / "run.json").is_file() else None
         path = path / "config.yaml"
-    prepared = prepare(load_config(path, overrides))
+    # A run's blocks are already chosen (its adapter holds them): no second selection.
+    prepared = prepare(load_config(path, overrides), layers=layers)
     model = prepared.model
     if adapter is not None:
         from peft import PeftModel

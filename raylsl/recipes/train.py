@@ -117,14 +117,14 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
             dynamic_summary = dynamic.summary() if dynamic else None
             model.save_pretrained(run_dir / "adapter")
         params = count_trainable(model)
-        after = evaluate_on(prepared, model, prepared.task.test)
+        after = evaluate_on(prepared, model, getattr(prepared.task, config.eval_split))
     except BaseException as exc:
         _write_json(run_dir / "run.json", {"status": "failed", "error": repr(exc), "layers": prepared.layers})
         raise
     results = {
         "model": config.model, "task": config.task.name, "layers": prepared.layers,
         "adapted_blocks": adapted_blocks(model, prepared.blocks_path), "num_blocks": prepared.num_blocks,
-        "params": params, "before": before, "after": after, "train": loop,
+        "params": params, "before": before, "after": after, "eval_split": config.eval_split, "train": loop,
         "selector": config.selector, "selection_time_s": prepared.selection.seconds if prepared.selection else 0.0,
         "dynamic": dynamic_summary, "workers": config.workers, "deepspeed": config.deepspeed,
         "wall_time_s": time.perf_counter() - started, "run_dir": str(run_dir),
@@ -222,7 +222,7 @@ def summary(results: dict[str, Any]) -> str:
         if metric == "n":
             continue
         was = f"{before[metric]:.4f} -> " if before else ""
-        lines.append(f"test {metric}: {was}{after[metric]:.4f}  (n={after['n']})")
+        lines.append(f"{results.get('eval_split', 'test')} {metric}: {was}{after[metric]:.4f}  (n={after['n']})")
     t = results["train"]
     lines.append(f"time: train {t['train_time_s']:.1f} s ({t['steps']} steps, "
                  f"{t['train_time_s'] / max(t['steps'] - t['resumed_from'], 1):.2f} s/step), "

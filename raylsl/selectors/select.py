@@ -2,7 +2,8 @@
 
 Scores depend on the model, the calibration examples (size, seed), the selector and its options,
 the LoRA target modules and the token budget, never on N: they are cached under
-``~/.cache/raylsl/scores/<fingerprint>.json`` and reused for every N in a sweep.
+``~/.cache/raylsl/scores/<fingerprint>.json`` (or ``$RAYLSL_SCORE_CACHE``) and reused for every N
+in a sweep.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -37,6 +39,13 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         return {"scores": self.scores.to_dict(), "layers": self.layers, "seconds": self.seconds, "cached": self.cached}
+
+
+def score_cache_dir() -> Path:
+    """``$RAYLSL_SCORE_CACHE`` (a sweep points its trials at its own directory), else
+    ``~/.cache/raylsl/scores``."""
+    override = os.environ.get("RAYLSL_SCORE_CACHE")
+    return Path(override) if override else cache_dir() / "scores"
 
 
 def calibration_sample(train: list[MCExample], size: int, seed: int) -> list[MCExample]:
@@ -78,7 +87,7 @@ def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: Scori
     if selector.needs_data:
         full_key = {**key, "selector": selector.name, "options": dataclasses.asdict(selector.config)}
         fingerprint = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:24]
-        path = cache_dir() / "scores" / f"{fingerprint}.json"
+        path = score_cache_dir() / f"{fingerprint}.json"
         if use_cache and path.exists():
             scores, cached = LayerScores.from_dict(json.loads(path.read_text())), True
         else:

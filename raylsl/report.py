@@ -1,0 +1,223 @@
+"""Pareto reports of a sweep: accuracy against trainable parameters.
+
+    report = raylsl.report.load("runs/sweep-default-...")
+    report.trials            # every trial (pandas DataFrame), failed ones with their error
+    report.pareto_front()    # the non-dominated finished trials: max validation accuracy, min parameters
+    report.plot("front.png")
+
+The trials come from Ray Tune's own records of the experiment (``RUN_DIR/tune``), joined with each
+trial's ``results.json``; the Optuna study is not consulted, so a trial Optuna lost track of still
+counts. Test accuracy is filled in only for front members, by `evaluate_front` after the search.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from raylsl.errors import ConfigError
+
+OBJECTIVES = {"val_acc": "max", "trainable_params": "min"}
+COLUMNS = ["trial_id", "status", "selector", "n", "rank", "blocks", "trainable_params", "pct_of_all_blocks",
+           "val_acc", "test_acc", "train_time_s", "selection_time_s", "checkpoint", "params", "error"]
+
+
+def pareto_mask(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """The non-dominated rows of an ``(n, k)`` array.
+
+    Row a dominates row b when a is at least as good in every objective and strictly better in one
+    (``directions[j]`` is ``"max"`` or ``"min"``). Duplicated rows dominate neither each other:
+    all copies of a non-dominated point are kept. Rows with a NaN are never on the front.
+    """
+    points = np.asarray(values, dtype=float)
+    if points.ndim != 2 or points.shape[1] != len(directions):
+        raise ValueError(f"values must be (n, {len(directions)}), got shape {points.shape}")
+    bad = [d for d in directions if d not in ("max", "min")]
+    if bad:
+        raise ValueError(f"directions must be 'max' or 'min', got {bad}")
+    signs = np.array([1.0 if d == "max" else -1.0 for d in directions])
+    gains = points * signs  # every objective maximised
+    valid = ~np.isnan(gains).any(axis=1)
+    mask = valid.copy()
+    for i in np.flatnonzero(valid):
+        others = gains[valid]
+        dominated = (others >= gains[i]).all(axis=1) & (others > gains[i]).any(axis=1)
+        mask[i] = not dominated.any()
+    return mask
+
+
+def hypervolume_2d(points: np.ndarray, reference: tuple[float, float]) -> float:
+    """Area dominated by ``points`` (both objectives maximised) above ``reference``."""
+    kept = [p for p in np.asarray(points, dtype=float) if p[0] > reference[0] and p[1] > reference[1]]
+    area, best_y = 0.0, reference[1]
+    for x, y in sorted(kept, key=lambda p: -p[0]):
+        if y > best_y:
+            area += (x - reference[0]) * (y - best_y)
+            best_y = y
+    return area
+
+
+@dataclass
+class SweepReport:
+    """A sweep's trials and its front; see the module docstring."""
+
+    run_dir: Path
+    trials: "pd.DataFrame"  # noqa: F821
+    planned: int | None = None
+    """Trials the sweep was asked for."""
+
+    @property
+    def complete(self) -> bool:
+        """Every planned trial finished or failed (an interrupted sweep is not complete)."""
+        done = int(self.trials["status"].isin(["TERMINATED", "ERROR"]).sum())
+        return self.planned is None or done >= self.planned
+
+    def pareto_front(self):
+        """Finished trials that no other finished trial beats on both validation accuracy and
+        trainable parameters, sorted by parameters."""
+        done = self.trials[self.trials["status"] == "TERMINATED"]
+        if done.empty:
+            return done
+        mask = pareto_mask(done[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()))
+        return done[mask].sort_values(["trainable_params", "val_acc"], ascending=[True, False])
+
+    def baseline(self):
+        """The all-blocks LoRA trial(s) that finished."""
+        return self.trials[(self.trials["selector"] == "all") & (self.trials["status"] == "TERMINATED")]
+
+    def plot(self, path: str | Path | None = None):
+        """Every finished trial as a point coloured by selector, the front as a step line, all-block
+        LoRA as a star; returns the matplotlib figure (and saves it when ``path`` is given)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        done = self.trials[self.trials["status"] == "TERMINATED"]
+        for selector, group in done.groupby("selector"):
+            ax.scatter(group["trainable_params"], group["val_acc"], label=selector, alpha=0.75, s=30)
+        front = self.pareto_front()
+        if not front.empty:
+            ax.step(front["trainable_params"], front["val_acc"], where="post", color="black", lw=1.2,
+                    label="Pareto front")
+        base = self.baseline()
+        if not base.empty:
+            ax.scatter(base["trainable_params"], base["val_acc"], marker="*", s=260, color="gold",
+                       edgecolor="black", zorder=5, label="all blocks (LoRA)")
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel("validation accuracy")
+        failed = int((self.trials["status"] != "TERMINATED").sum())
+        ax.set_title(f"{self.run_dir.name}: {len(done)} trials" + (f" ({failed} failed)" if failed else ""))
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return fig
+
+    def front_table(self) -> str:
+        """The front as a Markdown table (what ``pareto.md`` holds)."""
+        front = self.pareto_front()
+        lines = ["| selector | blocks | rank | trainable params | % of all-block LoRA | val acc | test acc "
+                 "| train time (s) | checkpoint |", "|" + "---|" * 9]
+        for row in front.itertuples():
+            test = "" if _missing(row.test_acc) else f"{row.test_acc:.3f}"
+            lines.append(f"| {row.selector} | {row.blocks} | {row.rank} | {int(row.trainable_params):,} "
+                         f"| {row.pct_of_all_blocks:.1f} | {row.val_acc:.3f} | {test} | {row.train_time_s:.1f} "
+                         f"| {row.checkpoint} |")
+        return "\n".join(lines) + "\n"
+
+    def write(self) -> list[Path]:
+        """``pareto.csv`` (every trial, a ``pareto`` column marks the front), ``pareto.md``, ``pareto.png``."""
+        trials = self.trials.copy()
+        trials["pareto"] = trials.index.isin(self.pareto_front().index)
+        paths = [self.run_dir / "pareto.csv", self.run_dir / "pareto.md", self.run_dir / "pareto.png"]
+        trials.to_csv(paths[0], index=False)
+        paths[1].write_text(f"# Pareto front: {self.run_dir.name}\n\nMaximise validation accuracy, minimise "
+                            f"trainable parameters; {len(trials)} trials.\n\n" + self.front_table())
+        self.plot(paths[2])
+        return paths
+
+
+def load(run_dir: str | Path) -> SweepReport:
+    """The report of the sweep in ``run_dir`` (finished or not)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    experiment = run_dir / "tune"
+    if not (run_dir / "sweep.json").is_file() or not experiment.is_dir():
+        raise ConfigError(f"{run_dir} is not a raylsl sweep directory (no sweep.json and tune/); pass the "
+                          f"folder that `raylsl sweep` printed")
+    rows = [_trial_row(trial, run_dir) for trial in _tune_trials(experiment)]
+    trials = pd.DataFrame(rows, columns=COLUMNS)
+    planned = (_read_json(run_dir / "sweep.json") or {}).get("trials")
+    return SweepReport(run_dir, trials, planned)
+
+
+def _tune_trials(experiment: Path) -> list:
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        return ExperimentAnalysis(str(experiment)).trials
+    except (ValueError, FileNotFoundError):  # no experiment state written yet
+        return []
+
+
+def _trial_row(trial, run_dir: Path) -> dict:
+    """One trial: Tune's status, config and last result, joined with the trial's own results."""
+    params = dict(trial.config)
+    last = trial.last_result or {}
+    trial_dir = run_dir / "trials" / trial.trial_id
+    results = _read_json(trial_dir / "results.json")
+    test = _read_json(trial_dir / "test_metrics.json")
+    status = trial.status
+    error = _error_message(trial, trial_dir)
+    finished = status == "TERMINATED" and all(_finite(last.get(k)) for k in OBJECTIVES)
+    if status == "TERMINATED" and not finished:
+        status, error = "ERROR", error or "the trial reported no finite validation accuracy / parameter count"
+    return {
+        "trial_id": trial.trial_id, "status": status, "selector": params.get("selector", "all"),
+        "n": params.get("n") if params.get("selector", "all") != "all" else None, "rank": params.get("lora.r", last.get("rank")),
+        "blocks": last.get("blocks", ""), "trainable_params": last.get("trainable_params", math.nan),
+        "pct_of_all_blocks": last.get("pct_of_all_blocks", math.nan), "val_acc": last.get("val_acc", math.nan),
+        "test_acc": test.get("acc", math.nan) if test else math.nan,
+        "train_time_s": last.get("train_time_s", math.nan), "selection_time_s": last.get("selection_time_s", math.nan),
+        "checkpoint": str(trial_dir / "adapter") if results else "", "params": json.dumps(params, sort_keys=True),
+        "error": error,
+    }
+
+
+def _error_message(trial, trial_dir: Path) -> str:
+    run = _read_json(trial_dir / "run.json") or {}
+    if run.get("status") == "failed":
+        return run.get("error", "")
+    if trial.status == "ERROR":
+        path = Path(trial.path) / "error.txt" if getattr(trial, "path", None) else None
+        if path is not None and path.is_file():
+            lines = [l for l in path.read_text().strip().splitlines() if l.strip()]
+            return lines[-1] if lines else "failed"
+        return "failed (no error recorded)"
+    return ""
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
