@@ -83,7 +83,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from raylsl import report as reports
 
     report = reports.load(args.run_dir)
-    if not args.no_test:
+    if report.complete and not args.no_test:  # a running or interrupted sweep's front is provisional
         report = _sweep_module().evaluate_front(report)
     report.write()
     _print_report(report)
@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [item for item in extra if item.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.items = args.items + extra
+    if not hasattr(args, "items") and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.items = getattr(args, "items", []) + extra
     _quiet_libraries()
     try:
         return args.func(args)

@@ -23,7 +23,7 @@ import numpy as np
 from raylsl.errors import ConfigError
 
 OBJECTIVES = {"val_acc": "max", "trainable_params": "min"}
-COLUMNS = ["trial_id", "status", "selector", "n", "rank", "blocks", "trainable_params", "pct_of_all_blocks",
+COLUMNS = ["trial", "trial_id", "status", "selector", "n", "rank", "blocks", "trainable_params", "pct_of_all_blocks",
            "val_acc", "test_acc", "train_time_s", "selection_time_s", "checkpoint", "params", "error"]
 
 
@@ -98,7 +98,9 @@ class SweepReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        fig, ax = plt.subplots(figsize=(8.5, 4.8))
         done = self.trials[self.trials["status"] == "TERMINATED"]
         for selector, group in done.groupby("selector"):
             ax.scatter(group["trainable_params"], group["val_acc"], label=selector, alpha=0.75, s=30)
@@ -111,11 +113,14 @@ class SweepReport:
             ax.scatter(base["trainable_params"], base["val_acc"], marker="*", s=260, color="gold",
                        edgecolor="black", zorder=5, label="all blocks (LoRA)")
         ax.set_xscale("log")
-        ax.set_xlabel("trainable parameters")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("trainable parameters (log scale)")
         ax.set_ylabel("validation accuracy")
         failed = int((self.trials["status"] != "TERMINATED").sum())
         ax.set_title(f"{self.run_dir.name}: {len(done)} trials" + (f" ({failed} failed)" if failed else ""))
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
         ax.grid(alpha=0.3)
         fig.tight_layout()
         if path is not None:
@@ -148,16 +153,16 @@ class SweepReport:
 
 
 def load(run_dir: str | Path) -> SweepReport:
-    """The report of the sweep in ``run_dir`` (finished or not)."""
+    """The report of the sweep in ``run_dir`` (finished or not); trials in the order Tune created them."""
     import pandas as pd
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # Ray's storage layer reads a relative path as a URI: nothing found
     experiment = run_dir / "tune"
     if not (run_dir / "sweep.json").is_file() or not experiment.is_dir():
         raise ConfigError(f"{run_dir} is not a raylsl sweep directory (no sweep.json and tune/); pass the "
                           f"folder that `raylsl sweep` printed")
     rows = [_trial_row(trial, run_dir) for trial in _tune_trials(experiment)]
-    trials = pd.DataFrame(rows, columns=COLUMNS)
+    trials = pd.DataFrame(rows, columns=COLUMNS).sort_values("trial", kind="stable").reset_index(drop=True)
     planned = (_read_json(run_dir / "sweep.json") or {}).get("trials")
     return SweepReport(run_dir, trials, planned)
 
@@ -165,10 +170,9 @@ def load(run_dir: str | Path) -> SweepReport:
 def _tune_trials(experiment: Path) -> list:
     from ray.tune import ExperimentAnalysis
 
-    try:
-        return ExperimentAnalysis(str(experiment)).trials
-    except (ValueError, FileNotFoundError):  # no experiment state written yet
+    if not any(experiment.glob("experiment_state-*.json")):  # stopped before Tune saved anything
         return []
+    return ExperimentAnalysis(str(experiment)).trials
 
 
 def _trial_row(trial, run_dir: Path) -> dict:
@@ -183,9 +187,11 @@ def _trial_row(trial, run_dir: Path) -> dict:
     finished = status == "TERMINATED" and all(_finite(last.get(k)) for k in OBJECTIVES)
     if status == "TERMINATED" and not finished:
         status, error = "ERROR", error or "the trial reported no finite validation accuracy / parameter count"
+    selector = params.get("selector", "all")
     return {
-        "trial_id": trial.trial_id, "status": status, "selector": params.get("selector", "all"),
-        "n": params.get("n") if params.get("selector", "all") != "all" else None, "rank": params.get("lora.r", last.get("rank")),
+        "trial": int(str(trial.experiment_tag).split("_")[0]), "trial_id": trial.trial_id, "status": status,
+        "selector": selector,
+        "n": params.get("n") if selector != "all" else None, "rank": last.get("rank", params.get("lora.r")),
         "blocks": last.get("blocks", ""), "trainable_params": last.get("trainable_params", math.nan),
         "pct_of_all_blocks": last.get("pct_of_all_blocks", math.nan), "val_acc": last.get("val_acc", math.nan),
         "test_acc": test.get("acc", math.nan) if test else math.nan,
@@ -206,6 +212,13 @@ def _error_message(trial, trial_dir: Path) -> str:
             return lines[-1] if lines else "failed"
         return "failed (no error recorded)"
     return ""
+
+
+def _count_label(value: float, _position=None) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
 
 
 def _read_json(path: Path) -> dict | None:

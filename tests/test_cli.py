@@ -93,3 +93,31 @@ def test_console_train_smoke_then_eval(tmp_path, task_file):
                         capture_output=True, text=True, env=env)
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["acc"] == results["after"]["acc"]
+
+
+@pytest.mark.parametrize("space, args, message", [
+    ("parameters: {selector: {choices: [cka, cak]}, n: {low: 1, high: 2}}", [], "unknown selector 'cak'"),
+    ("trails: 4\nparameters: {lora.r: {choices: [4]}}", [], "unknown key 'trails'"),
+    ("parameters: {lora.r: {low: 8, high: 8}}", [], "empty range low=8 >= high=8"),
+    ("parameters: {lora.r: {choices: [4]}}", ["lora.rank=4"], "unknown key 'lora.rank'"),
+    ("parameters: {lora.r: {choices: [4]}}", ["--trials", "0"], "--trials=0 must be >= 1"),
+])
+def test_bad_sweep_input_is_one_clear_message(space, args, message, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    path = tmp_path / "space.yaml"
+    path.write_text(space)
+    out_dir = tmp_path / "sweeps"
+    code = main(["sweep", str(path), "model=tiny-llama", "--output-dir", str(out_dir), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.startswith("raylsl: error: ") and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()  # nothing half-written
+
+
+def test_sweep_and_report_refuse_what_is_not_theirs(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    assert main(["sweep", str(tmp_path / "nope.yaml")]) == 2
+    assert f"search space {tmp_path / 'nope.yaml'} does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a raylsl sweep directory" in capsys.readouterr().err
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "is not a raylsl sweep directory" in capsys.readouterr().err

@@ -124,7 +124,8 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
     results = {
         "model": config.model, "task": config.task.name, "layers": prepared.layers,
         "adapted_blocks": adapted_blocks(model, prepared.blocks_path), "num_blocks": prepared.num_blocks,
-        "params": params, "before": before, "after": after, "eval_split": config.eval_split, "train": loop,
+        "lora_r": config.lora.r, "params": params, "before": before, "after": after,
+        "eval_split": config.eval_split, "train": loop,
         "selector": config.selector, "selection_time_s": prepared.selection.seconds if prepared.selection else 0.0,
         "dynamic": dynamic_summary, "workers": config.workers, "deepspeed": config.deepspeed,
         "wall_time_s": time.perf_counter() - started, "run_dir": str(run_dir),

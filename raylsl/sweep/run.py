@@ -61,13 +61,15 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     base = load_config(str(space.base) if space.base else None, fixed)
     settings = {
         "space": str(Path(space_path).resolve()), "overrides": overrides or {}, "smoke": smoke,
-        "trials": min(trials or space.trials, SMOKE_TRIALS) if smoke else (trials or space.trials),
-        "concurrency": concurrency or space.concurrency,
+        "trials": space.trials if trials is None else trials,
+        "concurrency": space.concurrency if concurrency is None else concurrency,
         "workers_per_trial": space.workers_per_trial if workers_per_trial is None else workers_per_trial,
     }
     for key in ("trials", "concurrency"):
         if settings[key] < 1:
             raise ConfigError(f"--{key}={settings[key]} must be >= 1")
+    if smoke:
+        settings["trials"] = min(settings["trials"], SMOKE_TRIALS)
     if settings["workers_per_trial"] < 0:
         raise ConfigError(f"--workers-per-trial={settings['workers_per_trial']} must be >= 0")
     run_dir = Path(output_dir) / (name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}")
@@ -186,7 +188,7 @@ def trial_metrics(results: dict[str, Any]) -> dict[str, Any]:
         blocks = f"{format_layers(adapted)} ({len(adapted)})"
     return {
         "val_acc": float(acc), "trainable_params": int(params["trainable"]),
-        "pct_of_all_blocks": 100.0 * params["trainable"] / all_blocks, "blocks": blocks,
+        "pct_of_all_blocks": 100.0 * params["trainable"] / all_blocks, "blocks": blocks, "rank": results["lora_r"],
         "train_time_s": results["train"]["train_time_s"], "selection_time_s": results["selection_time_s"],
         "final_loss": loss,
     }

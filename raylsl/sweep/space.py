@@ -155,7 +155,8 @@ def load_space(path: str | Path) -> SearchSpace:
     for point in space.points:
         unknown = [k for k in point if k not in space.names()]
         if unknown:
-            raise ConfigError(f"{where}: points: {unknown[0]!r} is not one of the parameters ({', '.join(space.names())})")
+            raise ConfigError(f"{where}: points: {unknown[0]!r} is not one of the parameters "
+                              f"({', '.join(space.names())})")
     return space
 
 

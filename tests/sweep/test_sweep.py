@@ -108,6 +108,16 @@ def test_report_files_are_written_and_the_plot_is_not_blank(swept):
     assert again.trials["trial_id"].tolist() == swept.trials["trial_id"].tolist()
 
 
+def test_report_command_rewrites_the_files_from_tunes_records(swept, capsys):
+    from raylsl.cli import main
+
+    (swept.run_dir / "pareto.md").unlink()
+    assert main(["report", str(swept.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "5 trials, 1 failed or unfinished" in out and "n=9 exceeds" in out
+    assert (swept.run_dir / "pareto.md").read_text().count("\n| ") == len(swept.pareto_front()) + 1
+
+
 def test_a_diverged_trial_raises_instead_of_reporting_nan():
     from raylsl.sweep.run import trial_metrics
 
@@ -171,3 +181,20 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
     status = dict(zip(final.trials["trial_id"], final.trials["status"]))
     for path, mtime in before.items():  # finished trials were kept, not trained again
         assert path.stat().st_mtime_ns == mtime and status[path.parent.name] in ("TERMINATED", "ERROR")
+
+
+def test_trials_can_train_in_ray_train_workers(tmp_path):
+    """--workers-per-trial: each Tune trial drives its own TorchTrainer (2 gloo workers); on this
+    2-CPU machine that only fits because the sweep's local Ray makes room for the trial itself."""
+    space = write_space(tmp_path, trials=1)  # the all-blocks baseline alone
+    done = subprocess.run([sys.executable, "-m", "raylsl", "sweep", str(space), "--output-dir", str(tmp_path),
+                           "--name", "w", "--workers-per-trial", "2", "--no-progress"],
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    from raylsl import report
+
+    final = report.load(tmp_path / "w")
+    assert final.trials["status"].tolist() == ["TERMINATED"]
+    trial_dir = tmp_path / "w" / "trials" / final.trials["trial_id"][0]
+    results = json.loads((trial_dir / "results.json").read_text())
+    assert results["workers"] == 2 and (trial_dir / "ray").is_dir()

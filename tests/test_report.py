@@ -1,4 +1,5 @@
-"""pareto_mask against a brute-force definition and against Optuna's own Pareto front."""
+"""raylsl.report: pareto_mask against a brute-force definition and against Optuna's own front;
+the 2-D hypervolume by hand. (Reports of real sweeps are checked in tests/sweep/test_sweep.py.)"""
 
 import itertools
 
