@@ -196,7 +196,11 @@ def trial_metrics(results: dict[str, Any]) -> dict[str, Any]:
 
 def _trial(params: dict[str, Any], run_dir: str) -> None:
     """The Tune trainable: one training run, one report."""
+    import warnings
+
     from ray import tune
+
+    warnings.filterwarnings("ignore")  # library deprecations, once per trial, bury Tune's table
 
     tune.report(run_trial(Path(run_dir), tune.get_context().get_trial_id(), params))
 

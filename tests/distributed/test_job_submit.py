@@ -44,20 +44,32 @@ def _stop(head: subprocess.Popen) -> None:
         os.killpg(head.pid, signal.SIGKILL)
 
 
-def test_job_submit_trains_through_the_cluster(local_head, tmp_path, task_file):
-    ray_cli, env, _ = local_head
-    out_dir = tmp_path / "runs"
+def _submit(ray_cli: str, env: dict, *command: str) -> subprocess.CompletedProcess:
     job = subprocess.run(
         [ray_cli, "job", "submit", "--address", DASHBOARD, "--working-dir", str(REPO),
-         "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--",
-         sys.executable, "-m", "raylsl", "train", "configs/tiny-smoke.yaml", f"task={task_file}",
-         f"output_dir={out_dir}", "name=job", "workers=2", "--no-progress"],
+         "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--", sys.executable, "-m", "raylsl", *command],
         env=env, capture_output=True, text=True, timeout=480)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    assert "trainable parameters: 4,096" in job.stdout
     assert "Started a local Ray instance" not in job.stdout + job.stderr  # it ran on the head's cluster
+    return job
+
+
+def test_job_submit_trains_and_sweeps_through_the_cluster(local_head, tmp_path, task_file):
+    ray_cli, env, _ = local_head
+    out_dir = tmp_path / "runs"
+    job = _submit(ray_cli, env, "train", "configs/tiny-smoke.yaml", f"task={task_file}", f"output_dir={out_dir}",
+                  "name=job", "workers=2", "--no-progress")
+    assert "trainable parameters: 4,096" in job.stdout
     results = json.loads((out_dir / "job" / "results.json").read_text())
     assert results["workers"] == 2 and results["train"]["steps"] == 4
+
+    # The command search_spaces/smoke.yaml opens with, on the same head.
+    _submit(ray_cli, env, "sweep", "search_spaces/smoke.yaml", "--smoke", f"task={task_file}",
+            "--output-dir", str(out_dir), "--name", "sweep", "--no-progress")
+    from raylsl import report
+
+    swept = report.load(out_dir / "sweep")
+    assert swept.complete and (swept.trials["status"] == "TERMINATED").all() and len(swept.trials) == 3
 
 
 def test_train_after_a_head_stopped_starts_its_own_ray(local_head, tmp_path, task_file):
