@@ -154,7 +154,8 @@ def _finished(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "trials").glob("*/results.json")) if (run_dir / "trials").exists() else []
 
 
-def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
+@pytest.mark.parametrize("interrupt", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed-driver"])
+def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, interrupt):
     space = write_space(tmp_path, trials=6)
     run_dir = tmp_path / "r"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -165,7 +166,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
     while len(_finished(run_dir)) < 2 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
     assert len(_finished(run_dir)) >= 2, driver.communicate()[0][-3000:]
-    driver.send_signal(signal.SIGINT)  # Ctrl-C
+    driver.send_signal(interrupt)
     out = driver.communicate(timeout=120)[0]
     before = {p: p.stat().st_mtime_ns for p in _finished(run_dir)}
     assert len(before) < 6, "the sweep finished before it could be interrupted"
