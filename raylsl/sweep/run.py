@@ -54,37 +54,12 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
         ConfigError: a bad space file or override, named by file and key; nothing is written.
     """
     space = load_space(space_path)
-    fixed = {**space.fixed, **(overrides or {})}
-    if smoke:
-        fixed = {**fixed, **SMOKE_OVERRIDES}
+    fixed = {**space.fixed, **(overrides or {}), **(SMOKE_OVERRIDES if smoke else {})}
     check_against_config(space, fixed)
     base = load_config(str(space.base) if space.base else None, fixed)
-    settings = {
-        "space": str(Path(space_path).resolve()), "overrides": overrides or {}, "smoke": smoke,
-        "trials": space.trials if trials is None else trials,
-        "concurrency": space.concurrency if concurrency is None else concurrency,
-        "workers_per_trial": space.workers_per_trial if workers_per_trial is None else workers_per_trial,
-    }
-    for key in ("trials", "concurrency"):
-        if settings[key] < 1:
-            raise ConfigError(f"--{key}={settings[key]} must be >= 1")
-    if smoke:
-        settings["trials"] = min(settings["trials"], SMOKE_TRIALS)
-    if settings["workers_per_trial"] < 0:
-        raise ConfigError(f"--workers-per-trial={settings['workers_per_trial']} must be >= 0")
+    settings = _settings(space, space_path, overrides, trials, concurrency, workers_per_trial, smoke)
     run_dir = Path(output_dir) / (name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"sweep directory {run_dir} already exists; choose another --name, or continue it "
-                          f"with `raylsl sweep --resume {run_dir}`")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(space_path, run_dir / "space.yaml")
-    config = {**base.to_dict(), "output_dir": str((run_dir / "trials").resolve()), "eval_before": False,
-              "eval_split": "validation", "workers": settings["workers_per_trial"], "name": None}
-    (run_dir / "base_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    settings["storage"] = space.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
-    settings["study_name"] = run_dir.name
-    settings["baseline"] = space.baseline(base.lora.r)
-    _write_json(run_dir / "sweep.json", settings)
+    _create_sweep_dir(run_dir, space, space_path, base, settings)
     settings["selection"] = _score_once(run_dir, space)
     _write_json(run_dir / "sweep.json", settings)
 
@@ -99,6 +74,41 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     return _finish(run_dir, tuner, settings)
+
+
+def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, workers_per_trial,
+              smoke: bool) -> dict[str, Any]:
+    """The sweep's settings: the space file's, with the command line's on top (checked)."""
+    settings = {
+        "space": str(Path(space_path).resolve()), "overrides": overrides or {}, "smoke": smoke,
+        "trials": space.trials if trials is None else trials,
+        "concurrency": space.concurrency if concurrency is None else concurrency,
+        "workers_per_trial": space.workers_per_trial if workers_per_trial is None else workers_per_trial,
+    }
+    for key in ("trials", "concurrency"):
+        if settings[key] < 1:
+            raise ConfigError(f"--{key}={settings[key]} must be >= 1")
+    if settings["workers_per_trial"] < 0:
+        raise ConfigError(f"--workers-per-trial={settings['workers_per_trial']} must be >= 0")
+    if smoke:
+        settings["trials"] = min(settings["trials"], SMOKE_TRIALS)
+    return settings
+
+
+def _create_sweep_dir(run_dir: Path, space: SearchSpace, space_path, base, settings: dict[str, Any]) -> None:
+    """A fresh sweep directory with the space, the trials' base config and ``sweep.json``."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"sweep directory {run_dir} already exists; choose another --name, or continue it "
+                          f"with `raylsl sweep --resume {run_dir}`")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(space_path, run_dir / "space.yaml")
+    config = {**base.to_dict(), "output_dir": str((run_dir / "trials").resolve()), "eval_before": False,
+              "eval_split": "validation", "workers": settings["workers_per_trial"], "name": None}
+    (run_dir / "base_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    settings["storage"] = space.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+    settings["study_name"] = run_dir.name
+    settings["baseline"] = space.baseline(base.lora.r)
+    _write_json(run_dir / "sweep.json", settings)
 
 
 def resume_sweep(run_dir: str | Path, progress: bool = True) -> SweepReport:
