@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from raylsl.recipes.train import prepare
-from raylsl.report import hypervolume_2d, load, pareto_mask
+from raylsl.recipes.train import adapt, prepare
+from raylsl.report import hypervolume_2d, load
 from raylsl.sweep.run import evaluate_front, sweep
 
 HERE = Path(__file__).parent
@@ -36,12 +36,8 @@ OUT = HERE / "sweep_pareto.json"
 def hypervolume_after_each_trial(trials, max_params: float) -> list[float]:
     """Hypervolume of the front of the first K finished trials, K = 1..len(trials)."""
     points = np.column_stack([trials["val_acc"].to_numpy(float), -trials["trainable_params"].to_numpy(float) / max_params])
-    curve = []
-    for k in range(1, len(points) + 1):
-        seen = points[:k][~np.isnan(points[:k]).any(axis=1)]
-        front = seen[pareto_mask(seen, ["max", "max"])] if len(seen) else seen
-        curve.append(hypervolume_2d(front, (0.5, -1.1)))
-    return curve
+    # hypervolume_2d skips dominated points and NaN rows (failed trials) itself.
+    return [hypervolume_2d(points[:k], (0.5, -1.1)) for k in range(1, len(points) + 1)]
 
 
 def main() -> None:
@@ -110,13 +106,10 @@ def summarise(run_dir: Path, max_params: float) -> dict:
 def _all_blocks_params(space: dict, rank: int) -> float:
     """Trainable parameters of LoRA on every block at ``rank`` (the largest point in the space)."""
     from raylsl.config import load_config
-    from raylsl.lora import apply_lora, count_trainable
-    from raylsl.models import find_blocks
+    from raylsl.lora import count_trainable
 
     config = load_config(str((HERE / space["base"]).resolve()), {"layers": "all", "lora.r": rank})
-    prepared = prepare(config)
-    model = apply_lora(prepared.model, prepared.layers, config.lora, prepared.blocks_path,
-                       find_blocks(prepared.model, prepared.blocks_path)[1], prepared.spec.kind)
+    model, _ = adapt(prepare(config))
     return float(count_trainable(model)["trainable"])
 
 

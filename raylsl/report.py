@@ -44,8 +44,8 @@ def pareto_mask(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequ
     gains = points * signs  # every objective maximised
     valid = ~np.isnan(gains).any(axis=1)
     mask = valid.copy()
+    others = gains[valid]
     for i in np.flatnonzero(valid):
-        others = gains[valid]
         dominated = (others >= gains[i]).all(axis=1) & (others > gains[i]).any(axis=1)
         mask[i] = not dominated.any()
     return mask

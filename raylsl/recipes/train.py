@@ -97,7 +97,7 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
 def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
     config = prepared.config
     started = time.perf_counter()
-    _write_json(run_dir / "run.json", {"status": "running", "layers": prepared.layers})
+    write_json(run_dir / "run.json", {"status": "running", "layers": prepared.layers})
     if prepared.selection is not None:
         write_selection(prepared.selection, run_dir)
     try:
@@ -119,7 +119,7 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
         params = count_trainable(model)
         after = evaluate_on(prepared, model, getattr(prepared.task, config.eval_split))
     except BaseException as exc:
-        _write_json(run_dir / "run.json", {"status": "failed", "error": repr(exc), "layers": prepared.layers})
+        write_json(run_dir / "run.json", {"status": "failed", "error": repr(exc), "layers": prepared.layers})
         raise
     results = {
         "model": config.model, "task": config.task.name, "layers": prepared.layers,
@@ -130,8 +130,8 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
         "dynamic": dynamic_summary, "workers": config.workers, "deepspeed": config.deepspeed,
         "wall_time_s": time.perf_counter() - started, "run_dir": str(run_dir),
     }
-    _write_json(run_dir / "results.json", results)
-    _write_json(run_dir / "run.json", {"status": "complete", "layers": prepared.layers})
+    write_json(run_dir / "results.json", results)
+    write_json(run_dir / "run.json", {"status": "complete", "layers": prepared.layers})
     return results
 
 
@@ -164,14 +164,14 @@ def _evaluate_before(prepared: Prepared, run_dir: Path) -> dict[str, float] | No
     if not prepared.config.eval_before:
         return None
     before = evaluate_on(prepared, prepared.model, prepared.task.test)
-    _write_json(path, before)
+    write_json(path, before)
     return before
 
 
 def write_selection(selection: Selection, run_dir: Path) -> None:
     """Records which blocks were chosen and why: ``scores.json``, the ``scores.png`` bar plot and,
     for selectors that learn their scores (Flexora), ``<method>_trajectory.png``."""
-    _write_json(run_dir / "scores.json", selection.to_dict())
+    write_json(run_dir / "scores.json", selection.to_dict())
     plot_scores(selection, run_dir / "scores.png")
     trajectory = selection.scores.details.get("trajectory")
     if trajectory:
@@ -192,7 +192,8 @@ def create_run_dir(config: RunConfig, prefix: str = "") -> Path:
     return run_dir
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Writes ``payload`` as JSON through a temporary file, so readers never see half a file."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(path)

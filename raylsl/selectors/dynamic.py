@@ -111,8 +111,9 @@ class ActiveBlocksCallback(Callback, ABC):
         self.active = broadcast_from_rank0(chosen).nonzero().flatten().tolist()
         if not _distributed():
             # In one process, autograd can skip inactive blocks' weight gradients altogether.
-            # (Under DDP/DeepSpeed toggling requires_grad breaks the reducer: there the dropped
-            # gradients below are what keeps inactive blocks still.)
+            # (Under DDP/DeepSpeed toggling requires_grad breaks the reducer: there the gradient
+            # hook of on_train_start, the dropped gradients and the lr-0 groups below keep
+            # inactive blocks still.)
             for index, params in self.params.items():
                 for param in params:
                     param.requires_grad_(index in self.active)

@@ -41,10 +41,13 @@ class Selection:
         return {"scores": self.scores.to_dict(), "layers": self.layers, "seconds": self.seconds, "cached": self.cached}
 
 
+SCORE_CACHE_ENV = "RAYLSL_SCORE_CACHE"
+
+
 def score_cache_dir() -> Path:
     """``$RAYLSL_SCORE_CACHE`` (a sweep points its trials at its own directory), else
     ``~/.cache/raylsl/scores``."""
-    override = os.environ.get("RAYLSL_SCORE_CACHE")
+    override = os.environ.get(SCORE_CACHE_ENV)
     return Path(override) if override else cache_dir() / "scores"
 
 
