@@ -23,9 +23,10 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 import yaml
@@ -33,11 +34,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raylsl.config import SMOKE_OVERRIDES, load_config
 from raylsl.errors import ConfigError, RaylslError
+from raylsl.recipes.train import format_layers, write_json
 from raylsl.report import OBJECTIVES, SweepReport, load
+from raylsl.selectors.select import SCORE_CACHE_ENV
 from raylsl.sweep.space import SearchSpace, check_against_config, load_space, trial_overrides
 
 SMOKE_TRIALS = 3
-SCORE_CACHE_ENV = "RAYLSL_SCORE_CACHE"
 
 
 def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trials: int | None = None,
@@ -61,7 +63,7 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     run_dir = Path(output_dir) / (name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}")
     _create_sweep_dir(run_dir, space, space_path, base, settings)
     settings["selection"] = _score_once(run_dir, space)
-    _write_json(run_dir / "sweep.json", settings)
+    write_json(run_dir / "sweep.json", settings)
 
     _start_ray(settings["workers_per_trial"], progress)
     from ray import tune
@@ -108,7 +110,7 @@ def _create_sweep_dir(run_dir: Path, space: SearchSpace, space_path, base, setti
     settings["storage"] = space.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
     settings["study_name"] = run_dir.name
     settings["baseline"] = space.baseline(base.lora.r)
-    _write_json(run_dir / "sweep.json", settings)
+    write_json(run_dir / "sweep.json", settings)
 
 
 def resume_sweep(run_dir: str | Path, progress: bool = True) -> SweepReport:
@@ -136,7 +138,7 @@ def _finish(run_dir: Path, tuner, settings: dict[str, Any]) -> SweepReport:
     _fail_orphaned_trials(settings)
     settings.setdefault("wall_time_s", 0.0)
     settings["wall_time_s"] += time.perf_counter() - started
-    _write_json(run_dir / "sweep.json", settings)
+    write_json(run_dir / "sweep.json", settings)
     report = load(run_dir)
     if report.complete:  # an interrupted sweep's front is provisional: no test split yet
         report = evaluate_front(report)
@@ -148,11 +150,10 @@ def evaluate_front(report: SweepReport) -> SweepReport:
     """Test accuracy of each front member that lacks it (``trials/<id>/test_metrics.json``)."""
     from raylsl.recipes.evaluate import evaluate_target
 
-    os.environ[SCORE_CACHE_ENV] = str((report.run_dir / "scores").resolve())
     for row in report.pareto_front().itertuples():
         trial_dir = report.run_dir / "trials" / row.trial_id
         if not (trial_dir / "test_metrics.json").is_file():
-            _write_json(trial_dir / "test_metrics.json", evaluate_target(str(trial_dir), [], "test"))
+            write_json(trial_dir / "test_metrics.json", evaluate_target(str(trial_dir), [], "test"))
     return load(report.run_dir)
 
 
@@ -169,16 +170,32 @@ def run_trial(run_dir: Path, trial_id: str, params: dict[str, Any]) -> dict[str,
     """
     from raylsl.recipes import train as recipe
 
-    os.environ[SCORE_CACHE_ENV] = str((run_dir / "scores").resolve())
     trial_dir = run_dir / "trials" / trial_id
     if (trial_dir / "results.json").is_file():
         results = json.loads((trial_dir / "results.json").read_text())
-    elif (trial_dir / "config.yaml").is_file():
-        results = recipe.resume(trial_dir, progress=False)
     else:
-        config = load_config(run_dir / "base_config.yaml", {**trial_overrides(params), "name": trial_id})
-        results = recipe.train(config, progress=False)
+        with sweep_score_cache(run_dir):
+            if (trial_dir / "config.yaml").is_file():
+                results = recipe.resume(trial_dir, progress=False)
+            else:
+                config = load_config(run_dir / "base_config.yaml", {**trial_overrides(params), "name": trial_id})
+                results = recipe.train(config, progress=False)
     return trial_metrics(results)
+
+
+@contextmanager
+def sweep_score_cache(run_dir: Path) -> Iterator[None]:
+    """Points the score cache at ``RUN_DIR/scores`` inside the ``with`` body, then restores the
+    environment (a sweep run from Python must not redirect the caller's later selections)."""
+    previous = os.environ.get(SCORE_CACHE_ENV)
+    os.environ[SCORE_CACHE_ENV] = str((run_dir / "scores").resolve())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(SCORE_CACHE_ENV, None)
+        else:
+            os.environ[SCORE_CACHE_ENV] = previous
 
 
 def trial_metrics(results: dict[str, Any]) -> dict[str, Any]:
@@ -193,8 +210,6 @@ def trial_metrics(results: dict[str, Any]) -> dict[str, Any]:
         per_step = dynamic["adapter_params_updated_per_step"] / max(dynamic["adapter_params_existing"], 1)
         blocks = f"{results['selector']}: {per_step * results['num_blocks']:.0f} of {results['num_blocks']} per step"
     else:
-        from raylsl.recipes.train import format_layers
-
         blocks = f"{format_layers(adapted)} ({len(adapted)})"
     return {
         "val_acc": float(acc), "trainable_params": int(params["trainable"]),
@@ -280,12 +295,6 @@ def _fail_orphaned_trials(settings: dict[str, Any]) -> None:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
-
-
 def _score_once(run_dir: Path, space: SearchSpace) -> dict[str, float]:
     """Scores every static selector the space can pick, once, into ``RUN_DIR/scores``; trials then
     read them from there (the score cache is keyed by everything but N). Returns seconds per selector."""
@@ -293,12 +302,12 @@ def _score_once(run_dir: Path, space: SearchSpace) -> dict[str, float]:
     from raylsl.selectors import build_selector
 
     choices = next((p.choices for p in space.parameters if p.name == "selector" and p.choices), ())
-    os.environ[SCORE_CACHE_ENV] = str((run_dir / "scores").resolve())
     seconds: dict[str, float] = {}
-    for selector in choices:
-        if selector == "all" or not getattr(build_selector(selector, None), "needs_data", False):
-            continue
-        started = time.perf_counter()
-        prepare(load_config(run_dir / "base_config.yaml", trial_overrides({"selector": selector, "n": 1})))
-        seconds[selector] = time.perf_counter() - started
+    with sweep_score_cache(run_dir):
+        for selector in choices:
+            if selector == "all" or not getattr(build_selector(selector, None), "needs_data", False):
+                continue
+            started = time.perf_counter()
+            prepare(load_config(run_dir / "base_config.yaml", trial_overrides({"selector": selector, "n": 1})))
+            seconds[selector] = time.perf_counter() - started
     return seconds

@@ -85,6 +85,8 @@ def test_test_accuracy_only_for_front_members(swept):
 
 
 def test_static_scores_are_computed_once_for_the_sweep(swept):
+    assert "RAYLSL_SCORE_CACHE" not in os.environ  # the caller's own selections are not redirected
+    assert any((swept.run_dir / "scores").glob("*.json"))
     settings = json.loads((swept.run_dir / "sweep.json").read_text())
     assert set(settings["selection"]) == {"activation"}  # the one data-driven selector in the space
     for trial_dir in (swept.run_dir / "trials").iterdir():
