@@ -80,3 +80,22 @@ def test_lora_output_is_identity_at_init():
     expected = base(input_ids=ids).logits
     model, _ = _lora("tiny-llama", [0, 2], r=4)
     torch.testing.assert_close(model(input_ids=ids).logits, expected)
+
+
+def test_lora_dropout_keeps_its_distribution():
+    from raylsl.lora import UniformDropout
+
+    model, _ = resolve_model("tiny-llama").load()
+    path, blocks = find_blocks(model)
+    peft_model = apply_lora(model, [0], LoraSettings(r=2, dropout=0.25), path, blocks, "decoder")
+    dropouts = [d for m in peft_model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
+                for d in m.lora_dropout.values()]
+    assert dropouts and all(isinstance(d, UniformDropout) and d.p == 0.25 for d in dropouts)
+    drop = dropouts[0].train()
+    x = torch.ones(400_000)
+    out = drop(x)
+    kept = out != 0
+    # 400k Bernoulli(0.75) draws: the kept fraction's standard error is 7e-4, 5 sigma = 3.5e-3.
+    assert abs(float(kept.float().mean()) - 0.75) < 3.5e-3
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.75))
+    assert torch.equal(drop.eval()(x), x)

@@ -44,7 +44,7 @@ def _adapter_state(model):
 def test_training_lowers_the_loss(tiny_config, tmp_path):
     config = tiny_config(train__steps=30, train__lr=1e-2, train__checkpoint_every=0)
     model, objective, task = _setup(config)
-    batch = objective.batch(task.train[:64], train=True)
+    batch = objective.batch(task.train[:64])
     with torch.no_grad():
         before = float(objective.loss(model, batch))
     train_loop(model, objective, task.train, config.train, tmp_path, progress=False)
@@ -132,5 +132,5 @@ def test_recipe_resume_after_failure(tiny_config, monkeypatch):
 def test_encoder_run_trains_head_and_adapters(tiny_config):
     results = recipe.train(tiny_config(model="tiny-bert", layers="0,3", name="enc"), progress=False)
     assert results["adapted_blocks"] == [0, 3]
-    assert results["params"]["head"] == 33 and set(results["after"]) == {"acc", "n"}
+    assert results["params"]["head"] == 33 and set(results["after"]) == {"acc", "loss", "perplexity", "n"}
     assert evaluate_target(results["run_dir"], [])["acc"] == results["after"]["acc"]

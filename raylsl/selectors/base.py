@@ -140,13 +140,16 @@ class ScoringContext:
                   for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         self.model.base_model(**inputs)
 
-    def batches(self, train: bool = True):
-        """Yields device batches of the calibration examples in the training format."""
+    def batches(self):
+        """Yields device batches of the calibration examples in the training format, examples of
+        similar length together (little padding; every score here is a sum or a sample-order-free
+        statistic, so the order does not change it)."""
         from raylsl.objective import to_device
 
         device = next(self.model.parameters()).device
-        for start in range(0, len(self.calibration), self.batch_size):
-            yield to_device(self.objective.batch(self.calibration[start: start + self.batch_size], train=train), device)
+        ordered = sorted(self.calibration, key=self.objective.length)
+        for start in range(0, len(ordered), self.batch_size):
+            yield to_device(self.objective.batch(ordered[start: start + self.batch_size]), device)
 
 
 @dataclass

@@ -232,7 +232,7 @@ class ISTCallback(ActiveBlocksCallback):
         """Draws N_c subsets, measures the probe loss with response suppression, updates I."""
         L, cfg = self.ctx.num_blocks, self.config
         picks = torch.randperm(len(self.ctx.validation), generator=self.generator)[: cfg.probe_batch_size]
-        batch = self.ctx.objective.batch([self.ctx.validation[i] for i in picks], train=True)
+        batch = self.ctx.objective.batch([self.ctx.validation[i] for i in picks])
         batch = to_device(batch, next(model.parameters()).device)
         subsets = [sorted(torch.randperm(L, generator=self.generator)[: self.n_probe].tolist())
                    for _ in range(cfg.n_candidates)]

@@ -113,7 +113,7 @@ class FlexoraSelector(Selector):
             # LoRA step on the training loss, gates fixed.
             g = gates(alpha, cfg.variant).detach()
             (indices,) = micro_batches(len(ctx.train), step, settings)
-            batch = to_device(ctx.objective.batch([ctx.train[i] for i in indices], train=True), device)
+            batch = to_device(ctx.objective.batch([ctx.train[i] for i in indices]), device)
             with scaled_lora(model, ctx.blocks_path, dict(enumerate(g))):
                 ctx.objective.loss(model, batch).backward()
             lora_opt.step()
@@ -125,7 +125,7 @@ class FlexoraSelector(Selector):
             for b in range(cfg.val_batches):
                 start = ((step * cfg.val_batches + b) * cfg.val_batch_size) % len(val_order)
                 picks = [val_order[(start + k) % len(val_order)] for k in range(cfg.val_batch_size)]
-                vbatch = to_device(ctx.objective.batch([ctx.validation[i] for i in picks], train=True), device)
+                vbatch = to_device(ctx.objective.batch([ctx.validation[i] for i in picks]), device)
                 with scaled_lora(model, ctx.blocks_path, dict(enumerate(gates(alpha, cfg.variant)))):
                     (ctx.objective.loss(model, vbatch) / cfg.val_batches).backward()
             for p in lora_params:

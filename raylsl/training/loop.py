@@ -122,6 +122,7 @@ def train_loop(model: nn.Module, objective: Objective, examples: list[MCExample]
     engine.module.train()
     for cb in callbacks:
         cb.on_train_start(state)
+    reset_peak_memory(device)
     bar = tqdm(total=settings.steps, initial=resumed, desc="train", disable=not progress or rank != 0 or None)
     loss_value, started = float("nan"), time.perf_counter()
     while state.step < settings.steps:
@@ -132,7 +133,7 @@ def train_loop(model: nn.Module, objective: Objective, examples: list[MCExample]
         chunks = micro_batches(len(examples), state.step, settings, rank, world)
         loss_value = 0.0
         for m, chunk in enumerate(chunks):
-            batch = to_device(objective.batch([examples[i] for i in chunk], train=True), device)
+            batch = to_device(objective.batch([examples[i] for i in chunk]), device)
             # Under data parallelism each rank divides by (global targets / world): the gradient
             # average over ranks is then exactly the global batch's mean, as with one worker.
             normalizer = _mean_over_ranks(objective.target_count(batch), device) if world > 1 else None
@@ -172,11 +173,30 @@ def _mean_over_ranks(value: float, device: torch.device) -> float:
     return float(total) / dist.get_world_size()
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Starts a new peak-memory window (so the peak measures training, not loading or evaluation).
+
+    On CPU this resets the process's resident-set high-water mark (Linux ``clear_refs``; where
+    that is not allowed the peak keeps counting from process start)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak device memory on GPU; on CPU the process's peak resident set size."""
+    """Peak device memory on GPU, on CPU the peak resident set size, since `reset_peak_memory`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _MetricsLog:

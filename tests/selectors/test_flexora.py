@@ -41,7 +41,7 @@ def test_gate_multiplies_the_branch_once_and_alpha_gets_gradient(tiny):
     alpha = torch.zeros(4, requires_grad=True)
     from raylsl.data import MCExample
 
-    batch = objective.batch([MCExample("Item 1 is red. Warm colour? Answer:", ("no", "yes"), 1)] * 2, train=True)
+    batch = objective.batch([MCExample("Item 1 is red. Warm colour? Answer:", ("no", "yes"), 1)] * 2)
     with scaled_lora(peft, "model.layers", dict(enumerate(gates(alpha)))):
         objective.loss(peft, batch).backward()
     assert alpha.grad is not None and (alpha.grad != 0).all()

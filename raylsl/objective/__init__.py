@@ -1,0 +1,6 @@
+"""Training losses and evaluation for each model family and task kind."""
+
+from raylsl.objective.base import Objective, evaluate, make_objective, to_device
+from raylsl.objective.multiple_choice import DecoderMC, EncoderMC
+
+__all__ = ["DecoderMC", "EncoderMC", "Objective", "evaluate", "make_objective", "to_device"]

@@ -1,0 +1,88 @@
+"""What the training loop and evaluation need from a model family and task kind, and the
+evaluation loop itself.
+
+An objective turns examples into device batches (`batch`), computes a summed loss over their
+targets (`loss`), and scores examples for evaluation (`evaluate_batch`, which returns sums so that
+shards and batches add up; `metrics` turns the sums into rates).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+class Objective(Protocol):
+    kind: str
+    """decoder or encoder."""
+
+    def batch(self, examples: list) -> dict[str, torch.Tensor]:
+        """Tensors for a training (or scoring) forward pass over ``examples``."""
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], normalizer: float | None = None) -> torch.Tensor:
+        """Summed loss over the batch's targets divided by ``normalizer`` (default: their count)."""
+
+    def target_count(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many targets (answer tokens, or examples) the batch's loss sums over."""
+
+    def length(self, example) -> int:
+        """Token length of an example (evaluation batches examples of similar length)."""
+
+    def evaluate_batch(self, model: nn.Module, examples: list) -> dict[str, float]:
+        """Sums over ``examples``: hits per accuracy metric, ``nll`` and ``tokens`` (the loss's
+        numerator and denominator) and ``n``."""
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Rates from (possibly merged) `evaluate_batch` sums."""
+
+
+def make_objective(kind: str, tokenizer, max_length: int) -> Objective:
+    from raylsl.models import ENCODER
+    from raylsl.objective.multiple_choice import DecoderMC, EncoderMC
+
+    return (EncoderMC if kind == ENCODER else DecoderMC)(tokenizer, max_length)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def loss_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """Held-out loss (mean NLL per target) and its perplexity."""
+    loss = sums["nll"] / max(sums["tokens"], 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, objective: Objective, examples: list, batch_size: int,
+             autocast: torch.autocast | None = None, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
+    """Every metric the objective has over ``examples`` (accuracies, loss, perplexity, ``n``).
+
+    Examples are batched by token length (longest first), so a batch pads little; the result does
+    not depend on the order.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ordered = sorted(examples, key=lambda ex: -objective.length(ex))
+    sums: dict[str, float] = {}
+    bar = tqdm(total=len(ordered), desc=desc, unit="ex", disable=not progress or None, leave=False)
+    try:
+        for chunk in _chunks(ordered, batch_size):
+            with autocast or torch.autocast(device.type, enabled=False):
+                for name, value in objective.evaluate_batch(model, chunk).items():
+                    sums[name] = sums.get(name, 0.0) + value
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return {**objective.metrics(sums), "n": int(sums.get("n", 0))}
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start: start + size]

@@ -1,0 +1,287 @@
+"""Causal-LM mechanics shared by every decoder objective.
+
+Training: the loss is the summed negative log-likelihood of the target tokens. Two things make it
+cheaper than a generic trainer without changing its value:
+
+- **Packed rows.** A micro-batch's sequences are packed into as few rows as the longest one allows
+  (first-fit decreasing), with ``position_ids`` restarting at each sequence, so no position is
+  spent on padding; transformers' masks keep packed sequences apart (``attention_mask=None``,
+  ``use_cache=False``).
+- **Head only where the loss is.** A pre-hook on the model's output embeddings hands the head the
+  hidden states of the positions whose next token is a target, so the vocabulary projection and
+  the softmax run on those rows only; whatever the model does to the head's output afterwards
+  (e.g. logit soft-capping) still happens.
+
+Neither is assumed to work: the first loss computed with a model is also computed the plain way
+(padded batch, full logits) on a few examples, and the fastest layout that agrees is kept; a model
+whose head or masks do not fit falls back, with one warning, to padded rows or full logits.
+
+Evaluation: `continuation_logprobs` scores every continuation of a context with one forward pass
+over the context; multi-token continuations reuse its KV cache.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LAYOUTS = ("packed", "padded", "full")
+VERIFY_EXAMPLES = 4
+"""Examples whose loss is checked against the plain computation before a fast layout is trusted."""
+PACK_WIDTH = 128
+"""Rows hold at least this many tokens, so short sequences share rows (attention within a row
+costs width^2, linear layers only count tokens)."""
+VERIFY_RTOL = 2e-3
+"""Relative agreement required. Layouts change only float summation order (~1e-6 relative in fp32,
+~1e-3 in bf16); a layout that leaks attention across packed sequences is off by percent."""
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """One tokenized sequence and which of its tokens the loss counts."""
+
+    ids: tuple[int, ...]
+    targets: tuple[bool, ...]
+    """``targets[t]``: token t is predicted from position t-1 and counted; ``targets[0]`` is False."""
+
+
+def make_tokens(parts: Sequence[tuple[list[int], bool]], max_length: int) -> Tokens:
+    """Concatenates token segments (ids, is_target) and fits them into ``max_length``.
+
+    A sequence that is too long first loses non-target tokens from the left (keeping one token
+    before the first target: it predicts that target), then tokens from the right.
+    """
+    ids = [i for part, _ in parts for i in part]
+    targets = [flag for part, flag in parts for _ in part]
+    if targets:
+        targets[0] = False  # nothing precedes the first token
+    if len(ids) > max_length:
+        first = next((t for t, flag in enumerate(targets) if flag), len(ids))
+        drop = min(len(ids) - max_length, max(first - 1, 0))
+        ids, targets = ids[drop:], targets[drop:]
+        ids, targets = ids[:max_length], targets[:max_length]
+        targets[0] = False
+    return Tokens(tuple(ids), tuple(targets))
+
+
+def padded(seqs: Sequence[Tokens], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded rows: ``input_ids``, ``attention_mask``, ``target_mask``."""
+    width = max(len(s.ids) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    target = torch.zeros_like(input_ids, dtype=torch.bool)
+    for row, seq in enumerate(seqs):
+        input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
+        attention[row, : len(seq.ids)] = 1
+        target[row, : len(seq.ids)] = torch.tensor(seq.targets)
+    return {"input_ids": input_ids, "attention_mask": attention, "target_mask": target}
+
+
+def packed(seqs: Sequence[Tokens], pad_id: int) -> dict[str, torch.Tensor]:
+    """Sequences packed first-fit-decreasing into rows of at most ``max(longest, PACK_WIDTH)``
+    tokens: ``packed_ids``, ``packed_positions`` (restarting at 0 for every sequence, and for the
+    padding that closes a row) and ``packed_targets``."""
+    capacity = max(max(len(s.ids) for s in seqs), PACK_WIDTH)
+    rows: list[list[Tokens]] = []
+    fill: list[int] = []
+    for seq in sorted(seqs, key=lambda s: -len(s.ids)):
+        row = next((r for r in range(len(rows)) if fill[r] + len(seq.ids) <= capacity), None)
+        if row is None:
+            rows.append([seq])
+            fill.append(len(seq.ids))
+        else:
+            rows[row].append(seq)
+            fill[row] += len(seq.ids)
+    width = max(fill)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros_like(ids)
+    targets = torch.zeros_like(ids, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        at = 0
+        for seq in row:
+            n = len(seq.ids)
+            ids[r, at: at + n] = torch.tensor(seq.ids)
+            positions[r, at: at + n] = torch.arange(n)
+            targets[r, at: at + n] = torch.tensor(seq.targets)
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+    return {"packed_ids": ids, "packed_positions": positions, "packed_targets": targets}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under DDP / DeepSpeed wrappers (their forward must still be the one called)."""
+    while type(model).__name__ in ("DistributedDataParallel", "DeepSpeedEngine"):
+        model = model.module
+    return model
+
+
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The model's output embeddings (the LM head), or None when it exposes none."""
+    get = getattr(unwrap(model), "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, nn.Module) else None
+
+
+@contextmanager
+def head_only_at(model: nn.Module, select: torch.Tensor) -> Iterator[None]:
+    """Inside the body, the output head sees only the hidden states where ``select`` (a bool mask
+    over the forward's (rows, positions)) is True; ``logits`` come out as (selected, vocab)."""
+    head = output_head(model)
+    if head is None:
+        raise RuntimeError("the model exposes no output embeddings")
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0][select], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def target_nll(model: nn.Module, batch: dict[str, torch.Tensor], layout: str) -> torch.Tensor:
+    """Summed NLL of the batch's target tokens, computed in ``layout`` (packed, padded or full)."""
+    if layout == "packed":
+        ids, targets = batch["packed_ids"], batch["packed_targets"]
+        inputs = {"input_ids": ids, "position_ids": batch["packed_positions"], "use_cache": False}
+    else:
+        ids, targets = batch["input_ids"], batch["target_mask"]
+        inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"], "use_cache": False}
+    labels = ids[:, 1:][targets[:, 1:]]
+    predicts = F.pad(targets[:, 1:], (0, 1))  # position t predicts token t+1
+    if layout == "full":
+        logits = model(**inputs).logits[predicts]
+    else:
+        with head_only_at(model, predicts):
+            logits = model(**inputs).logits
+    return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+
+def sample_batch(batch: dict[str, torch.Tensor], seqs: Sequence[Tokens], pad_id: int) -> dict[str, torch.Tensor]:
+    """Both layouts of ``seqs`` on the batch's device (for the one-time agreement check)."""
+    device = batch["input_ids"].device
+    return {k: v.to(device) for k, v in {**padded(seqs, pad_id), **packed(seqs, pad_id)}.items()}
+
+
+def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor]) -> str:
+    """The fastest layout whose loss on ``sample`` equals the full-logits loss (see module doc).
+
+    Runs in eval mode with the RNG state restored afterwards, so a run's random stream (dropout,
+    data) is the same whether or not this check happened in it. Under torch.distributed every rank
+    takes the most conservative rank's answer (all ranks then make the same collective calls).
+    """
+    device = sample["input_ids"].device
+    was_training = model.training
+    model.eval()
+    found = len(LAYOUTS) - 1
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            reference = float(target_nll(model, sample, "full"))
+            for index, layout in enumerate(LAYOUTS[:-1]):
+                try:
+                    value = float(target_nll(model, sample, layout))
+                except Exception:  # a model whose forward rejects the layout's inputs
+                    continue
+                if abs(value - reference) <= VERIFY_RTOL * max(abs(reference), 1e-6):
+                    found = index
+                    break
+    finally:
+        model.train(was_training)
+    found = _max_over_ranks(found, device)
+    if found > 0:
+        warnings.warn(f"raylsl: {type(unwrap(model)).__name__}'s loss in the faster layout(s) did not match the "
+                      f"plain computation; using the {LAYOUTS[found]} layout (slower, same result)", RuntimeWarning)
+    return LAYOUTS[found]
+
+
+def _max_over_ranks(value: int, device: torch.device) -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor)
+
+
+# --- scoring continuations ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Group:
+    """A context and the continuations to score after it."""
+
+    context: tuple[int, ...]
+    continuations: tuple[tuple[int, ...], ...]
+
+
+def continuation_logprobs(model: nn.Module, groups: Sequence[Group], pad_id: int,
+                          use_cache: bool = True) -> list[list[float]]:
+    """Summed log-probability of each continuation given its group's context.
+
+    One forward pass over the (left-padded) contexts reads the next-token distribution at their
+    last position, which scores single-token continuations outright; longer continuations are run
+    after the contexts through their KV cache (one batched pass over every continuation), so a
+    context is encoded once however many continuations it has. ``use_cache=False`` scores each
+    (context + continuation) as its own sequence instead, the plain way.
+    """
+    if not use_cache:
+        return _pairwise_logprobs(model, groups, pad_id)
+    device = next(unwrap(model).parameters()).device
+    width = max(len(g.context) for g in groups)
+    ctx = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ctx)
+    for row, group in enumerate(groups):
+        ctx[row, width - len(group.context):] = torch.tensor(group.context)
+        mask[row, width - len(group.context):] = 1
+    ctx, mask = ctx.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    longer = [(row, c) for row, g in enumerate(groups) for c, cont in enumerate(g.continuations) if len(cont) > 1]
+    last = torch.zeros_like(mask, dtype=torch.bool)
+    last[:, -1] = True
+    with head_only_at(model, last):
+        out = model(input_ids=ctx, attention_mask=mask, position_ids=positions, use_cache=bool(longer))
+    first = torch.log_softmax(out.logits.float(), dim=-1)
+    scores = [[float(first[row, cont[0]]) for cont in g.continuations] for row, g in enumerate(groups)]
+    if longer:
+        cache = out.past_key_values
+        rows = torch.tensor([row for row, _ in longer], device=device)
+        cache.batch_select_indices(rows)  # one copy of its context's cache per continuation
+        tails = [groups[row].continuations[c] for row, c in longer]
+        tail_width = max(len(t) for t in tails) - 1
+        feed = torch.full((len(tails), tail_width), pad_id, dtype=torch.long)
+        feed_mask = torch.zeros_like(feed)
+        for i, tail in enumerate(tails):
+            feed[i, : len(tail) - 1] = torch.tensor(tail[:-1])
+            feed_mask[i, : len(tail) - 1] = 1
+        feed, feed_mask = feed.to(device), feed_mask.to(device)
+        tail_positions = mask.sum(-1)[rows, None] + torch.arange(tail_width, device=device)
+        with head_only_at(model, feed_mask.bool()):
+            logits = model(input_ids=feed, attention_mask=torch.cat([mask[rows], feed_mask], dim=1),
+                           position_ids=tail_positions, past_key_values=cache, use_cache=True).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        at = 0
+        for (row, c), tail in zip(longer, tails):
+            picked = logprobs[at: at + len(tail) - 1].gather(-1, torch.tensor(tail[1:], device=device)[:, None])
+            scores[row][c] += float(picked.sum())
+            at += len(tail) - 1
+    return scores
+
+
+def _pairwise_logprobs(model: nn.Module, groups: Sequence[Group], pad_id: int) -> list[list[float]]:
+    """Every (context + continuation) as its own right-padded sequence, full logits."""
+    device = next(unwrap(model).parameters()).device
+    seqs = [Tokens(g.context + cont, (False,) * len(g.context) + (True,) * len(cont))
+            for g in groups for cont in g.continuations]
+    batch = {k: v.to(device) for k, v in padded(seqs, pad_id).items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logprobs.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1) * batch["target_mask"][:, 1:]
+    totals = picked.sum(-1).tolist()
+    out, at = [], 0
+    for g in groups:
+        out.append(totals[at: at + len(g.continuations)])
+        at += len(g.continuations)
+    return out
