@@ -20,7 +20,8 @@ from _common import Bench
 
 from raylsl.config import load_config
 from raylsl.lora import apply_lora
-from raylsl.training.loop import seed_everything, train_loop
+from raylsl.assemble import seed_everything
+from raylsl.training.loop import train_loop
 
 OUT = Path(__file__).with_suffix(".json")
 SELECTORS = ("cka", "activation", "gradient")

@@ -38,7 +38,8 @@ def measure(model: str, layers: str, steps: int, warmup: int, batch_size: int) -
     from raylsl.recipes.train import prepare
     from raylsl.lora import apply_lora, count_trainable
     from raylsl.models import find_blocks
-    from raylsl.training.loop import seed_everything, train_loop
+    from raylsl.assemble import seed_everything
+    from raylsl.training.loop import train_loop
 
     config = load_config(None, {"model": model, "layers": layers, "data.test_size": 50, "data.val_size": 10,
                                 "data.max_length": 64, "train.steps": steps, "train.batch_size": batch_size,

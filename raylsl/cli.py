@@ -22,8 +22,10 @@ def _split_positionals(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from raylsl.config import SMOKE_OVERRIDES, load_config
+    from raylsl.config import SMOKE_OVERRIDES
+    from raylsl.plan import load_run_config
     from raylsl.recipes import train as recipe
+    from raylsl.results import summary
 
     source, overrides = _split_positionals(args.items)
     if args.resume:
@@ -34,20 +36,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra = dict(SMOKE_OVERRIDES) if args.smoke else {}
         if args.layers is not None:
             overrides = overrides + [f"layers={args.layers}"]
-        config = load_config(source, [f"{k}={v}" for k, v in extra.items()] + overrides)
+        config = load_run_config(source, [f"{k}={v}" for k, v in extra.items()] + overrides)
         results = recipe.train(config, progress=not args.no_progress)
-    print(recipe.summary(results))
+    print(summary(results))
     return 0
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from raylsl.config import load_config
+    from raylsl.plan import load_run_config
     from raylsl.recipes import select as recipe
 
     source, overrides = _split_positionals(args.items)
     flags = {"model": args.model, "task": args.task, "selector": args.selector, "n": args.n}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + overrides
-    selection, run_dir = recipe.select(load_config(source, overrides))
+    selection, run_dir = recipe.select(load_run_config(source, overrides))
     print(recipe.summary(selection, run_dir))
     return 0
 

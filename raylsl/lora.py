@@ -98,13 +98,14 @@ def count_trainable(model: nn.Module) -> dict[str, int]:
     """
     adapter = head = total = 0
     for name, param in model.named_parameters():
-        total += param.numel()
+        numel = getattr(param, "ds_numel", param.numel())  # a ZeRO-3 partition's full size
+        total += numel
         if not param.requires_grad:
             continue
         if "lora_" in name:
-            adapter += param.numel()
+            adapter += numel
         else:
-            head += param.numel()
+            head += numel
     return {"adapter": adapter, "head": head, "trainable": adapter + head, "total": total}
 
 

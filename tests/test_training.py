@@ -11,8 +11,12 @@ from raylsl.objective import make_objective
 from raylsl.recipes import train as recipe
 from raylsl.recipes.evaluate import evaluate_target
 from raylsl.training import loop as loop_module
+from raylsl.training import session
 from raylsl.training.checkpoint import LocalCheckpoints
-from raylsl.training.loop import Callback, micro_batches, seed_everything, train_loop
+from raylsl.callbacks import Callback
+from raylsl.data import micro_batches
+from raylsl.assemble import seed_everything
+from raylsl.training.loop import train_loop
 
 
 class Interrupt(Exception):
@@ -117,14 +121,14 @@ def test_recipe_resume_after_failure(tiny_config, monkeypatch):
     def crashing(*args, callbacks=(), **kwargs):
         return original(*args, callbacks=callbacks + (StopAt(3),), **kwargs)
 
-    monkeypatch.setattr(recipe, "train_loop", crashing)
+    monkeypatch.setattr(session, "train_loop", crashing)
     with pytest.raises(Interrupt):
         recipe.train(config, progress=False)
     run_dir = config.output_dir + "/crash"
     status = json.loads(open(f"{run_dir}/run.json").read())
     assert status["status"] == "failed" and "Interrupt" in status["error"]
     assert not (tmp := __import__("pathlib").Path(run_dir, "results.json")).exists()
-    monkeypatch.setattr(recipe, "train_loop", original)
+    monkeypatch.setattr(session, "train_loop", original)
     results = recipe.resume(run_dir, progress=False)
     assert results["train"]["resumed_from"] == 2 and results["train"]["steps"] == 4 and tmp.exists()
 

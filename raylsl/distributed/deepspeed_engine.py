@@ -1,59 +1,71 @@
 """DeepSpeed ZeRO as a training engine: the same loop, DeepSpeed's ``initialize`` done by us.
 
-Stages 0-3 by name (``zero0`` ... ``zero3``) or a DeepSpeed JSON file. The loop's batch and
-accumulation settings are written into the DeepSpeed config, so the config file needs only the
-ZeRO section (and whatever else DeepSpeed should do). On CPU DeepSpeed must be imported with
-``DS_ACCELERATOR=cpu`` (the Ray runtime env sets it); on GPU it runs with NCCL and bf16.
+The plan carries the DeepSpeed config (a preset or the user's JSON, read on the driver); the loop's
+batch and accumulation settings are written into it here, so the user's file needs only the ZeRO
+section (and whatever else DeepSpeed should do). The worker sets ``DS_ACCELERATOR`` from its own
+device before DeepSpeed is imported: cpu (gloo) or cuda (NCCL, bf16).
+
+Under ZeRO-3 the model is built partitioned (`sharded_init`): transformers' ``from_pretrained`` and
+``from_config`` run inside DeepSpeed's ``zero.Init`` while an ``HfDeepSpeedConfig`` is alive, so
+each rank holds about 1/world of the base weights from the moment they load.
 """
 
 from __future__ import annotations
 
-import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from raylsl.config import TrainSettings
-from raylsl.errors import ConfigError
-from raylsl.training.engine import build_optimizer
-
-PRESETS = {f"zero{stage}": {"zero_optimization": {"stage": stage}} for stage in range(4)}
+from raylsl.optim import build_optimizer
 
 
-def deepspeed_config(spec: str) -> dict[str, Any]:
-    """The DeepSpeed config for a preset name or a JSON file path.
+def full_config(config: dict[str, Any], settings: TrainSettings, bf16: bool) -> dict[str, Any]:
+    """The user's DeepSpeed config with the loop's batch, accumulation, clipping and precision."""
+    config = {**config, "train_micro_batch_size_per_gpu": settings.batch_size,
+              "gradient_accumulation_steps": settings.grad_accum,
+              "gradient_clipping": settings.max_grad_norm, "zero_allow_untested_optimizer": True,
+              "steps_per_print": 10**9}
+    config.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
+    if bf16:
+        config["bf16"] = {"enabled": True}
+    return config
 
-    Raises:
-        ConfigError: neither a preset nor a readable JSON file.
-    """
-    if spec in PRESETS:
-        return json.loads(json.dumps(PRESETS[spec]))
-    path = Path(spec)
-    if not path.is_file():
-        raise ConfigError(f"deepspeed={spec!r}: use one of {', '.join(PRESETS)} or a path to a DeepSpeed JSON config")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"deepspeed config {path} is not valid JSON: {exc}") from None
+
+_LIVE_CONFIGS: list = []
+
+
+@contextmanager
+def sharded_init(config: dict[str, Any]) -> Iterator[None]:
+    """Models built inside are partitioned across the ranks as they load (ZeRO-3)."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # transformers keeps only a weak reference: the object must outlive the training run.
+    _LIVE_CONFIGS.append(HfDeepSpeedConfig(config))
+    yield
+
+
+def local_fraction(model: nn.Module) -> float:
+    """The share of the model's parameters this rank holds (1.0 unless ZeRO-3 partitioned it)."""
+    local = total = 0
+    for param in model.parameters():
+        total += getattr(param, "ds_numel", param.numel())
+        local += param.ds_tensor.numel() if hasattr(param, "ds_tensor") else param.numel()
+    return local / max(total, 1)
 
 
 class DeepSpeedEngine:
     """Wraps ``deepspeed.initialize``; plain ``torch.optim.AdamW`` (no DeepSpeed op build)."""
 
-    def __init__(self, model: nn.Module, settings: TrainSettings, config: dict[str, Any], bf16: bool,
+    def __init__(self, model: nn.Module, settings: TrainSettings, config: dict[str, Any],
                  groups: list[dict] | None = None):
+        """``config``: the `full_config`."""
         import deepspeed
 
         optimizer, scheduler = build_optimizer(model, settings, groups)
-        config = {**config, "train_micro_batch_size_per_gpu": settings.batch_size,
-                  "gradient_accumulation_steps": settings.grad_accum,
-                  "gradient_clipping": settings.max_grad_norm, "zero_allow_untested_optimizer": True,
-                  "steps_per_print": 10**9}
-        config.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
-        if bf16:
-            config["bf16"] = {"enabled": True}
         self.peft_model = model
         self.stage = int(config.get("zero_optimization", {}).get("stage", 0))
         self.module, self.optimizer, _, self.scheduler = deepspeed.initialize(

@@ -1,125 +1,237 @@
-"""Ray Train: the one training loop in ``workers`` TorchTrainer workers, DDP or DeepSpeed ZeRO.
+"""Ray Train: the one training session in ``workers`` TorchTrainer workers, DDP or DeepSpeed ZeRO.
 
-The driver has already validated the run and chosen the blocks (static scores are computed
-once, there); every worker loads the model, puts LoRA on exactly those blocks with the same seed,
-and runs `raylsl.training.loop.train_loop` on its shard of each step's global batch. Checkpoints
-(adapter, optimizer or ZeRO state, every rank's RNG, callback state) are reported through
-``ray.train.report`` into ``RUN_DIR/ray``; with ``max_failures`` Ray restarts a failed worker group
-from the newest one. ``RAY_ADDRESS`` (which ``ray job submit`` sets) selects the cluster; without it
-a fresh local Ray is started.
+The driver hands the workers the `raylsl.plan.Plan` through ``train_loop_config`` (Ray's object
+store): the config, the chosen blocks, the task's examples, the model source (a local model
+directory's files, shipped) and the DeepSpeed config. Nothing a worker reads is a driver path, and
+nothing the driver reads is a worker path: checkpoints (adapter, optimizer or ZeRO state, every
+rank's RNG, callback state, the metrics log so far) and the final artifacts go through
+``ray.train.report`` into the run's storage (``RUN/ray``), the measurements come back as the
+training function's return value, and the driver copies the final checkpoint into its local run
+directory. With ``max_failures`` Ray restarts a failed worker group from the newest checkpoint.
 
-Run directories are written by rank 0, so on a multi-node cluster ``output_dir`` must be storage
-every node sees (NFS, a mounted bucket); on one machine nothing needs doing.
+Device, precision, DeepSpeed accelerator and process-group backend are decided by each worker from
+what Ray gave it: GPUs are requested with ``gpus_per_worker`` (auto: when the cluster has them),
+never inferred from the driver, which usually runs on a CPU head.
+
+``RAY_ADDRESS`` (which ``ray job submit`` sets) selects the cluster; without it a fresh local Ray
+is started. On a cluster of several nodes ``storage`` must be storage every node reaches (a bucket
+or an NFS mount): Ray refuses a driver-local path for checkpoints reported from other nodes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from raylsl.training.checkpoint import read_checkpoint, write_checkpoint
+from raylsl.errors import RaylslError
+from raylsl.plan import Plan
+from raylsl.storage import RunDir
+from raylsl.training.checkpoint import read_checkpoint, read_trainer_state, write_checkpoint
+
+OUTCOME = "outcome.json"
 
 
-class RayCheckpoints:
-    """Checkpoints reported to Ray Train (every rank writes its files into one checkpoint)."""
+def init_ray(progress: bool, num_cpus: int | None = None) -> None:
+    """Joins ``RAY_ADDRESS`` when set, else starts a fresh local Ray (never a head some earlier
+    ``ray start`` left recorded on this machine)."""
+    import ray
 
-    def __init__(self, rank: int):
-        self.rank = rank
-        self.started = time.perf_counter()
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=progress)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=progress)
 
-    def save(self, step: int, engine, callbacks=(), metrics: dict | None = None) -> None:
+
+def gpus_per_worker(config) -> float:
+    """``gpus_per_worker`` as a number: auto is 1 when the cluster has GPUs now, else 0."""
+    if config.gpus_per_worker != "auto":
+        return float(config.gpus_per_worker)
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def scaling_config(config):
+    """Ray Train's ScalingConfig from the run's resource settings."""
+    from ray.train import ScalingConfig
+
+    gpus = gpus_per_worker(config)
+    resources = {"CPU": config.cpus_per_worker, **config.worker_resources}
+    if gpus:
+        resources["GPU"] = gpus
+    return ScalingConfig(num_workers=config.workers, use_gpu=gpus > 0, resources_per_worker=resources)
+
+
+def train_in_workers(plan: Plan, run: RunDir, progress: bool) -> dict[str, Any]:
+    """Runs the session in a TorchTrainer; returns rank 0's outcome. The final checkpoint's files
+    (``adapter/``, ``metrics.jsonl``, a dynamic selector's record) land in ``run.local``.
+
+    Raises:
+        RaylslError: a worker failed on input the user can fix (its message, one line).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    init_ray(progress)
+    plan = replace(plan, model=plan.model.shipped())
+    config = plan.config
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"plan": plan, "progress": progress},
+        scaling_config=scaling_config(config),
+        run_config=RunConfig(name="train", storage_path=run.storage.uri_of("ray"),
+                             failure_config=FailureConfig(max_failures=config.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             worker_runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore",
+                                                              "TOKENIZERS_PARALLELISM": "false"}}),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        raise user_error(exc) or exc
+    with result.checkpoint.as_directory() as directory:
+        for item in Path(directory).iterdir():
+            if item.name not in ("adapter", OUTCOME) and not item.name.endswith(
+                    (".json", ".jsonl", ".png")):
+                continue
+            target = run.local / item.name
+            shutil.rmtree(target, ignore_errors=True)
+            (shutil.copytree if item.is_dir() else shutil.copyfile)(item, target)
+        outcome = json.loads((Path(directory) / OUTCOME).read_text())
+    (run.local / OUTCOME).unlink(missing_ok=True)
+    return outcome
+
+
+def user_error(exc: BaseException) -> RaylslError | None:
+    """The `RaylslError` a worker raised, found inside Ray's wrapping, as a plain one-line error."""
+    seen, stack = set(), [exc]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, RaylslError):
+            return RaylslError(str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
+        stack += list(getattr(err, "worker_failures", {}).values())
+        stack += [getattr(err, "cause", None), getattr(err, "controller_failure", None), err.__cause__, err.__context__]
+    return None
+
+
+class ReportCheckpoints:
+    """Checkpoints reported to Ray (every rank writes its files into one checkpoint): through
+    ``ray.train`` in Train workers, through ``ray.tune`` in a sweep trial that trains itself."""
+
+    def __init__(self, rank: int, records: Path, api=None):
         import ray.train
 
+        self.rank = rank
+        self.records = records
+        self.api = api or ray.train
+        self.started = time.perf_counter()
+
+    def peek(self) -> dict[str, Any] | None:
+        checkpoint = self.api.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return read_trainer_state(Path(directory))["extra"]
+
+    def save(self, step: int, engine, callbacks=(), extra: dict | None = None, metrics: dict | None = None) -> None:
         scalars = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
         scalars["elapsed_s"] = time.perf_counter() - self.started
         with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint(Path(tmp), step, engine, callbacks, self.rank)
-            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            write_checkpoint(Path(tmp), step, engine, callbacks, self.rank, extra, self.records)
+            self.api.report(scalars, checkpoint=self.api.Checkpoint.from_directory(tmp))
 
     def restore(self, engine, callbacks=()) -> int:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = self.api.get_checkpoint()
         if checkpoint is None:
             return 0
         with checkpoint.as_directory() as directory:
-            return read_checkpoint(Path(directory), engine, callbacks, self.rank)
+            return read_checkpoint(Path(directory), engine, callbacks, self.rank, self.records)
 
 
-def train_with_ray(prepared, run_dir: Path, progress: bool) -> dict[str, Any]:
-    """Runs training in a TorchTrainer; returns rank 0's loop result (and dynamic-selector summary).
-
-    The final adapter lands in ``run_dir / "adapter"``.
-    """
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    config = prepared.config
-    cuda = torch.cuda.is_available()
-    if not ray.is_initialized():
-        # RAY_ADDRESS (set by `ray job submit` and by users) names the cluster; without it, a fresh
-        # local Ray, never a head some earlier `ray start` left recorded on this machine.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 log_to_driver=progress)
-    env = {"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
-    if not cuda:
-        env["DS_ACCELERATOR"] = "cpu"
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config={"layers": prepared.layers, "run_dir": str(run_dir.resolve()), "progress": progress},
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=cuda),
-        run_config=RunConfig(name="train", storage_path=str((run_dir / "ray").resolve()),
-                             failure_config=FailureConfig(max_failures=config.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             worker_runtime_env={"env_vars": env}),
-    )
-    trainer.fit()
-    return json.loads((run_dir / "worker_result.json").read_text())
-
-
-def _worker(cfg: dict[str, Any]) -> None:
-    """One Ray Train worker: the same setup and loop as a single-process run, on its shard."""
+def _worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """One Ray Train worker: assemble the plan on this worker's device, run the session on its
+    shard of every step, report the final artifacts, return the outcome (rank 0)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")  # before deepspeed loads
     import warnings
 
     import ray.train
     import ray.train.torch
 
-    from raylsl.config import load_config
-    from raylsl.recipes.train import adapt, prepare
-    from raylsl.training.loop import train_loop
+    from raylsl.assemble import assemble
+    from raylsl.training.session import run_session
 
     warnings.filterwarnings("ignore")
+    plan: Plan = cfg["plan"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    run_dir = Path(cfg["run_dir"])
-    prepared = prepare(load_config(run_dir / "config.yaml"), layers=cfg["layers"], device=ray.train.torch.get_device())
-    model, dynamic = adapt(prepared)
-    engine = _engine(model, prepared.config, world, dynamic.optimizer_groups() if dynamic else None)
-    callbacks = (dynamic,) if dynamic else ()
-    result = train_loop(model, prepared.objective, prepared.task.train, prepared.config.train, run_dir, callbacks,
-                        progress=cfg["progress"], engine=engine, checkpoints=RayCheckpoints(rank), rank=rank, world=world)
-    engine.save_adapter(run_dir / "adapter", rank)
-    if rank == 0:
-        result["dynamic"] = dynamic.summary() if dynamic else None
-        result["workers"] = world
-        (run_dir / "worker_result.json").write_text(json.dumps(result))
+    finished = _finished_outcome()
+    if finished is not None:  # a resumed run whose training had already ended: nothing to redo
+        return finished if rank == 0 else None
+    device = ray.train.torch.get_device()
+    ds_config = loaded = fractions = None
+    if plan.deepspeed is not None:
+        from raylsl.distributed.deepspeed_engine import full_config, local_fraction, sharded_init
+
+        ds_config = full_config(plan.deepspeed, plan.config.train, bf16=_bf16(plan, device))
+        if plan.zero_stage == 3:
+            with sharded_init(ds_config):
+                loaded = plan.model.spec().load()
+            fractions = [None] * world
+            torch.distributed.all_gather_object(fractions, local_fraction(loaded[0]))
+    a = assemble(plan, device, loaded)
+    if plan.zero_stage == 3:
+        a.objective.cached_scoring = False  # one forward per evaluation batch: every rank in lockstep
+    engine = _engine(a, world, ds_config)
+    with tempfile.TemporaryDirectory() as out:
+        outcome = run_session(a, Path(out), engine, ReportCheckpoints(rank, Path(out)), rank, world, cfg["progress"])
+        outcome.update(workers=world, device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+        if fractions is not None:
+            outcome["zero3_base_fraction_per_rank"] = fractions
+        if rank == 0:
+            (Path(out) / OUTCOME).write_text(json.dumps(outcome))
+        ray.train.report({"step": outcome["train"]["steps"], "final": 1},
+                         checkpoint=ray.train.Checkpoint.from_directory(out) if rank == 0 else None)
+    return outcome if rank == 0 else None
 
 
-def _engine(model, config, world: int, groups: list[dict] | None = None):
-    """DDP (``ddp`` when world > 1) or DeepSpeed; ``groups`` are a dynamic selector's per-block
-    optimizer param groups."""
+def _finished_outcome() -> dict[str, Any] | None:
+    """The outcome stored in the newest checkpoint when that is a finished run's final report."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        path = Path(directory) / OUTCOME
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _bf16(plan: Plan, device: torch.device) -> bool:
+    return device.type == "cuda" and plan.config.train.precision in ("auto", "bf16")
+
+
+def _engine(a, world: int, ds_config: dict | None):
+    """DDP (when world > 1) or DeepSpeed; a dynamic selector gets one optimizer param group per
+    block, so that ZeRO can hold a block still by its group."""
     from raylsl.training.engine import TorchEngine
 
-    if config.deepspeed is None:
-        return TorchEngine(model, config.train, ddp=world > 1, groups=groups)
-    from raylsl.distributed.deepspeed_engine import DeepSpeedEngine, deepspeed_config
+    groups = a.dynamic.optimizer_groups() if a.dynamic else None
+    if ds_config is None:
+        return TorchEngine(a.model, a.plan.config.train, ddp=world > 1, groups=groups)
+    from raylsl.distributed.deepspeed_engine import DeepSpeedEngine
 
-    bf16 = torch.cuda.is_available() and config.train.precision in ("auto", "bf16")
-    return DeepSpeedEngine(model, config.train, deepspeed_config(config.deepspeed), bf16=bf16, groups=groups)
+    return DeepSpeedEngine(a.model, a.plan.config.train, ds_config, groups=groups)

@@ -32,12 +32,15 @@ class Objective(Protocol):
     def length(self, example) -> int:
         """Token length of an example (evaluation batches examples of similar length)."""
 
-    def evaluate_batch(self, model: nn.Module, examples: list) -> dict[str, float]:
-        """Sums over ``examples``: hits per accuracy metric, ``nll`` and ``tokens`` (the loss's
-        numerator and denominator) and ``n``."""
+    sums: tuple[str, ...]
+    """The quantities `evaluate_batch` returns per example (summed over examples and ranks)."""
+
+    def evaluate_batch(self, model: nn.Module, examples: list) -> list[dict[str, float]]:
+        """Per example: a hit (0/1) per accuracy metric, ``nll`` and ``tokens`` (its share of the
+        loss's numerator and denominator) and ``n`` (1)."""
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        """Rates from (possibly merged) `evaluate_batch` sums."""
+        """Rates from `evaluate_batch` values summed over examples (and ranks)."""
 
 
 def make_objective(kind: str, tokenizer, max_length: int) -> Objective:
@@ -59,28 +62,41 @@ def loss_metrics(sums: dict[str, float]) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, objective: Objective, examples: list, batch_size: int,
-             autocast: torch.autocast | None = None, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
+             autocast: torch.autocast | None = None, progress: bool = False, desc: str = "eval",
+             rank: int = 0, world: int = 1) -> dict[str, Any]:
     """Every metric the objective has over ``examples`` (accuracies, loss, perplexity, ``n``).
 
     Examples are batched by token length (longest first), so a batch pads little; the result does
-    not depend on the order.
+    not depend on the order. With ``world > 1`` (call it on every rank) each rank scores every
+    world-th example; shards are padded to one size, so every rank runs the same number of
+    forward passes (ZeRO-3 gathers parameters collectively in each), and the sums are reduced.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     ordered = sorted(examples, key=lambda ex: -objective.length(ex))
-    sums: dict[str, float] = {}
-    bar = tqdm(total=len(ordered), desc=desc, unit="ex", disable=not progress or None, leave=False)
+    shard = ordered[rank::world]
+    counted = len(shard)
+    shard += ordered[:1] * (math.ceil(len(ordered) / world) - counted)
+    results: list[dict[str, float]] = []
+    bar = tqdm(total=len(ordered), desc=desc, unit="ex", disable=not progress or rank != 0 or None, leave=False)
     try:
-        for chunk in _chunks(ordered, batch_size):
+        for chunk in _chunks(shard, batch_size):
             with autocast or torch.autocast(device.type, enabled=False):
-                for name, value in objective.evaluate_batch(model, chunk).items():
-                    sums[name] = sums.get(name, 0.0) + value
-            bar.update(len(chunk))
+                results += objective.evaluate_batch(model, chunk)
+            bar.update(len(chunk) * world)
     finally:
         bar.close()
         model.train(was_training)
-    return {**objective.metrics(sums), "n": int(sums.get("n", 0))}
+    totals = torch.tensor([[r[k] for k in objective.sums] for r in results[:counted]] or [[0.0] * len(objective.sums)],
+                          dtype=torch.float64).sum(0)
+    if world > 1:
+        import torch.distributed as dist
+
+        totals = totals.to(device)
+        dist.all_reduce(totals)
+    sums = dict(zip(objective.sums, totals.tolist()))
+    return {**objective.metrics(sums), "n": int(sums["n"])}
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

@@ -180,14 +180,15 @@ def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor]) -> str:
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             reference = float(target_nll(model, sample, "full"))
-            for index, layout in enumerate(LAYOUTS[:-1]):
+            # Every layout runs, agreeing or not: under ZeRO-3 each forward is a collective, and
+            # all ranks must make the same calls.
+            for index, layout in reversed(list(enumerate(LAYOUTS[:-1]))):
                 try:
                     value = float(target_nll(model, sample, layout))
                 except Exception:  # a model whose forward rejects the layout's inputs
                     continue
                 if abs(value - reference) <= VERIFY_RTOL * max(abs(reference), 1e-6):
                     found = index
-                    break
     finally:
         model.train(was_training)
     found = _max_over_ranks(found, device)

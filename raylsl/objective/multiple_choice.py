@@ -26,6 +26,7 @@ from raylsl.objective.causal import (VERIFY_EXAMPLES, VERIFY_RTOL, Group, Tokens
 
 class DecoderMC:
     kind = DECODER
+    sums = ("acc", "acc_norm", "nll", "tokens", "n")
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
@@ -88,18 +89,16 @@ class DecoderMC:
         scores = continuation_logprobs(model, groups, self.tokenizer.pad_token_id, use_cache)
         return [[scores[g][k] for g, k in spots] for spots in where]
 
-    def evaluate_batch(self, model: nn.Module, examples: list[MCExample]) -> dict[str, float]:
+    def evaluate_batch(self, model: nn.Module, examples: list[MCExample]) -> list[dict[str, float]]:
         if self.cached_scoring is None:
             self.cached_scoring = _cache_agrees(self, model, examples[:VERIFY_EXAMPLES])
-        logprobs = self.choice_logprobs(model, examples, self.cached_scoring)
-        sums = {"acc": 0.0, "acc_norm": 0.0, "nll": 0.0, "tokens": 0.0, "n": float(len(examples))}
-        for ex, scores in zip(examples, logprobs):
+        results = []
+        for ex, scores in zip(examples, self.choice_logprobs(model, examples, self.cached_scoring)):
             normed = [s / max(len(c.encode()), 1) for s, c in zip(scores, ex.choices)]
-            sums["acc"] += float(_argmax(scores) == ex.label)
-            sums["acc_norm"] += float(_argmax(normed) == ex.label)
-            sums["nll"] -= scores[ex.label]
-            sums["tokens"] += len(self.encode_pair(ex.context, ex.choices[ex.label])[1])
-        return sums
+            results.append({"acc": float(_argmax(scores) == ex.label), "acc_norm": float(_argmax(normed) == ex.label),
+                            "nll": -scores[ex.label], "n": 1.0,
+                            "tokens": float(len(self.encode_pair(ex.context, ex.choices[ex.label])[1]))})
+        return results
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         n = max(sums.get("n", 0), 1)
@@ -140,6 +139,7 @@ def _argmax(values: list[float]) -> int:
 
 class EncoderMC:
     kind = ENCODER
+    sums = ("acc", "nll", "tokens", "n")
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
@@ -175,13 +175,13 @@ class EncoderMC:
     def target_count(self, batch: dict[str, torch.Tensor]) -> int:
         return len(batch["labels"])
 
-    def evaluate_batch(self, model: nn.Module, examples: list[MCExample]) -> dict[str, float]:
+    def evaluate_batch(self, model: nn.Module, examples: list[MCExample]) -> list[dict[str, float]]:
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in self.batch(examples).items()}
         logits = self.logits(model, batch)
-        hits = float((logits.argmax(-1) == batch["labels"]).sum())
-        nll = float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-        return {"acc": hits, "nll": nll, "tokens": float(len(examples)), "n": float(len(examples))}
+        hits = (logits.argmax(-1) == batch["labels"]).tolist()
+        nll = F.cross_entropy(logits, batch["labels"], reduction="none").tolist()
+        return [{"acc": float(h), "nll": l, "tokens": 1.0, "n": 1.0} for h, l in zip(hits, nll)]
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return {"acc": sums["acc"] / max(sums.get("n", 0), 1), **loss_metrics(sums)}

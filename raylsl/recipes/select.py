@@ -7,18 +7,21 @@ from pathlib import Path
 
 from raylsl.config import RunConfig
 from raylsl.errors import ConfigError
-from raylsl.recipes.train import create_run_dir, format_layers, prepare, write_selection
+from raylsl.plan import build_plan, check_config
+from raylsl.recipes.train import create_run_dir, write_selection
+from raylsl.results import format_layers
 from raylsl.selectors import Selection
-from raylsl.selectors.report import ranked_table
+from raylsl.selectors.plots import ranked_table
 
 
 def select(config: RunConfig) -> tuple[Selection, Path]:
     if config.selector is None:
         raise ConfigError("raylsl select needs a selector: --selector cka (or selector=cka)")
-    prepared = prepare(config)
-    run_dir = create_run_dir(config, prefix=f"select-{config.selector}-")
-    write_selection(prepared.selection, run_dir)
-    return prepared.selection, run_dir
+    check_config(config)
+    plan, _ = build_plan(config, name="select", storage="")
+    run = create_run_dir(config, prefix=f"select-{config.selector}-")
+    write_selection(plan.selection, run)
+    return plan.selection, run.local
 
 
 def summary(selection: Selection, run_dir: Path) -> str:

@@ -7,7 +7,7 @@ from raylsl.selectors import activation, cka, dynamic, flexora, gradient, heuris
 from raylsl.selectors.base import (Budget, LayerScores, ScoringContext, Selector, TrainingContext, available_selectors,
                                    build_selector, check_budget, choose, register_selector)
 from raylsl.selectors.cka import linear_cka
-from raylsl.selectors.select import Selection, calibration_sample, run_selector, select_blocks
+from raylsl.selectors.runner import Selection, calibration_sample, run_selector, select_blocks
 
 __all__ = ["Budget", "LayerScores", "ScoringContext", "Selection", "Selector", "TrainingContext", "available_selectors",
            "build_selector", "calibration_sample", "check_budget", "choose", "linear_cka", "register_selector", "run_selector",

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from raylsl.config import LoraSettings, TrainSettings, from_dict
-from raylsl.training.loop import Callback
+from raylsl.config import LoraSettings, TrainSettings, from_dict, register_option_section
+from raylsl.callbacks import Callback
 from raylsl.errors import ConfigError
 
 
@@ -191,6 +191,10 @@ class Selector(ABC):
         data and options)."""
         return {}
 
+    def config_key(self, config) -> dict[str, Any]:
+        """The same, read off a `RunConfig` (a sweep keys its scores by it before any model loads)."""
+        return {}
+
     def training_callback(self, ctx: TrainingContext) -> "Callback | None":
         """Selectors that choose during training (IST, LISA) return a training-loop callback."""
         return None
@@ -204,6 +208,7 @@ def register_selector(cls: type[Selector]) -> type[Selector]:
     if cls.name in _REGISTRY:
         raise ValueError(f"selector {cls.name!r} registered twice")
     _REGISTRY[cls.name] = cls
+    register_option_section(cls.name, cls.Config)
     return cls
 
 

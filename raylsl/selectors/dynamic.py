@@ -37,15 +37,25 @@ from raylsl.errors import ConfigError
 from raylsl.objective import to_device
 from raylsl.selectors.base import Budget, LayerScores, Selector, TrainingContext, register_selector
 from raylsl.selectors.lora_blocks import lora_params_by_block, scaled_lora
-from raylsl.selectors.report import plot_trajectory
-from raylsl.training.loop import Callback, LoopState
+from raylsl.selectors.plots import plot_trajectory
+from raylsl.callbacks import Callback, LoopState
+
+
+def collective_device() -> torch.device:
+    """Where tensors given to collectives must live: the current GPU under NCCL (which cannot
+    move CPU tensors), the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def broadcast_from_rank0(values: torch.Tensor) -> torch.Tensor:
-    """Rank 0's tensor on every rank (a no-op without torch.distributed)."""
-    if _distributed():
-        dist.broadcast(values, src=0)
-    return values
+    """Rank 0's tensor on every rank, on the caller's device (a no-op without torch.distributed)."""
+    if not _distributed():
+        return values
+    on_group = values.to(collective_device())
+    dist.broadcast(on_group, src=0)
+    return on_group.to(values.device)
 
 
 def _distributed() -> bool:

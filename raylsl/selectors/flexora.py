@@ -30,9 +30,9 @@ from raylsl.lora import apply_lora
 from raylsl.objective import to_device
 from raylsl.selectors.base import Budget, LayerScores, ScoringContext, Selector, choose, register_selector
 from raylsl.selectors.lora_blocks import scaled_lora
-from raylsl.selectors.select import examples_fingerprint
-from raylsl.training.engine import build_optimizer
-from raylsl.training.loop import micro_batches
+from raylsl.selectors.runner import examples_fingerprint
+from raylsl.optim import build_optimizer
+from raylsl.data import micro_batches
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,16 @@ class FlexoraSelector(Selector):
 
     def cache_context(self, ctx: ScoringContext) -> dict[str, Any]:
         return {"train": examples_fingerprint(ctx.train), "validation": examples_fingerprint(ctx.validation),
-                "lora": dataclasses.asdict(ctx.lora), "lr": ctx.train_settings.lr,
-                "batch_size": ctx.train_settings.batch_size, "seed": ctx.seed}
+                **self._search_settings(ctx.lora, ctx.train_settings)}
+
+    def config_key(self, config) -> dict[str, Any]:
+        return self._search_settings(config.lora, config.train)
+
+    @staticmethod
+    def _search_settings(lora, train) -> dict[str, Any]:
+        """The search trains LoRA: its rank, alpha, dropout and the optimizer's settings matter."""
+        return {"lora": dataclasses.asdict(lora), "lr": train.lr, "batch_size": train.batch_size, "seed": train.seed,
+                "warmup_steps": train.warmup_steps, "weight_decay": train.weight_decay}
 
     def choose(self, scores: LayerScores, budget: Budget) -> list[int]:
         if budget != Budget():

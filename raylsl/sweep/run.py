@@ -1,16 +1,21 @@
 """``raylsl sweep``: a Ray Tune experiment whose searcher is Optuna, two objectives (maximise
 validation accuracy, minimise trainable parameters), then the Pareto report.
 
-The sweep directory holds everything needed to inspect or resume it::
+A sweep lives in its storage directory (``STORAGE/NAME`` with ``storage=``, else the local sweep
+directory ``OUTPUT_DIR/NAME``), which holds everything needed to inspect or resume it from any
+machine that can read it::
 
-    RUN_DIR/sweep.json         settings (space file, trials, concurrency, storage URL, selection cost)
-    RUN_DIR/space.yaml         a copy of the search space file
-    RUN_DIR/base_config.yaml   the run config every trial starts from
-    RUN_DIR/optuna.db          the Optuna study (SQLite unless the space names an RDB URL)
-    RUN_DIR/scores/            static selectors' scores, computed once before the trials
-    RUN_DIR/tune/              Ray Tune's experiment (trial states, results, searcher state)
-    RUN_DIR/trials/<trial_id>/ each trial's ordinary run directory (config, adapter, results.json)
-    RUN_DIR/pareto.{csv,md,png}
+    sweep.json          settings (space file, trials, concurrency, selection cost, wall time)
+    space.yaml          a copy of the search space file
+    base_config.yaml    the run config every trial starts from
+    examples.json       the task's examples, read once by the driver (trials and resumes reuse them)
+    scores/<key>.json   static selectors' scores, computed once before the trials
+    tune/               Ray Tune's experiment: trial states, results, checkpoints (each trial's
+                        final checkpoint holds its adapter/ and results.json), the searcher's state
+    trials/<id>/ray/    Ray Train's checkpoints of a trial that trains in workers
+    optuna.db           the Optuna study, exported after every trial
+    test/<id>.json      test-split metrics of front members, computed after the search
+    pareto.{csv,md,png} the report (also written to the local sweep directory)
 
 A trial trains on the train split and reports accuracy on the validation split only; the test
 split is evaluated after the search, for front members only.
@@ -19,25 +24,23 @@ split is evaluated after the search, for front members only.
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
 import time
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import optuna
 import yaml
-from ray.tune.search.optuna import OptunaSearch
 
-from raylsl.config import SMOKE_OVERRIDES, load_config
-from raylsl.errors import ConfigError, RaylslError
-from raylsl.recipes.train import format_layers, write_json
-from raylsl.report import OBJECTIVES, SweepReport, load
-from raylsl.selectors.select import SCORE_CACHE_ENV
+from raylsl.config import SMOKE_OVERRIDES, with_overrides
+from raylsl.data import example_from_record, example_record, read_examples
+from raylsl.errors import ConfigError
+from raylsl.plan import build_plan, load_run_config, score_key
+from raylsl.report import SweepReport, load, open_sweep
+from raylsl.selectors import LayerScores, build_selector
+from raylsl.storage import RunDir, Storage
+from raylsl.sweep.search import searcher
 from raylsl.sweep.space import SearchSpace, check_against_config, load_space, trial_overrides
+from raylsl.sweep.trial import SweepInputs, run_trial
 
 SMOKE_TRIALS = 3
 
@@ -48,7 +51,8 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     """Runs the sweep a search space file describes; returns its report (files already written).
 
     Args:
-        overrides: run-config overrides on top of the space's ``base`` and ``set``.
+        overrides: run-config overrides on top of the space's ``base`` and ``set`` (``storage=``
+            puts the sweep in shared storage).
         trials, concurrency, workers_per_trial: override the space file's values.
         smoke: a few tiny steps per trial and at most 3 trials: checks the whole path quickly.
 
@@ -58,24 +62,39 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     space = load_space(space_path)
     fixed = {**space.fixed, **(overrides or {}), **(SMOKE_OVERRIDES if smoke else {})}
     check_against_config(space, fixed)
-    base = load_config(str(space.base) if space.base else None, fixed)
+    base = load_run_config(str(space.base) if space.base else None, fixed)
     settings = _settings(space, space_path, overrides, trials, concurrency, workers_per_trial, smoke)
-    run_dir = Path(output_dir) / (name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}")
-    _create_sweep_dir(run_dir, space, space_path, base, settings)
-    settings["selection"] = _score_once(run_dir, space)
-    write_json(run_dir / "sweep.json", settings)
+    name = name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    run = _new_sweep_dir(Path(output_dir) / name, base.storage, name)
+    examples = read_examples(base.task)
+    trial_base = with_overrides(base, {"eval_before": False, "eval_split": "validation", "storage": None,
+                                       "workers": settings["workers_per_trial"], "name": None})
+    settings.update(study_name=name, storage_uri=run.storage.uri, baseline=space.baseline(base.lora.r))
+    _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
+    scores, settings["selection"] = _score_once(trial_base, space, examples, run)
+    run.write_json("sweep.json", settings)
+    return _fit(run, settings, SweepInputs(trial_base, run.storage.uri, examples, scores), progress, restore=False)
 
-    _start_ray(settings["workers_per_trial"], progress)
+
+def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
+    """Continues an interrupted sweep (its local directory or storage URI): finished trials are
+    kept, unfinished ones run again (a trial that had started training continues from its newest
+    checkpoint)."""
+    run = open_sweep(target)
+    settings = run.storage.read_json("sweep.json")
     from ray import tune
 
-    tuner = tune.Tuner(
-        _trainable(run_dir, settings),
-        tune_config=tune.TuneConfig(search_alg=_searcher(space, settings), num_samples=settings["trials"],
-                                    max_concurrent_trials=settings["concurrency"]),
-        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir.resolve()), verbose=1 if progress else 0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
-    )
-    return _finish(run_dir, tuner, settings)
+    from raylsl.config import load_config
+
+    with _scratch_file(run.storage, "base_config.yaml") as path:
+        base = load_config(path)
+    examples = [example_from_record(r) for r in run.storage.read_json("examples.json")]
+    scores = {name[:-5]: LayerScores.from_dict(run.storage.read_json(f"scores/{name}"))
+              for name in run.storage.listdir("scores") if name.endswith(".json")}
+    _start_ray(settings["workers_per_trial"], progress)
+    if not tune.Tuner.can_restore(run.storage.uri_of("tune")):
+        raise ConfigError(f"{run.storage.uri}: the sweep stopped before Ray Tune saved any state; start it again")
+    return _fit(run, settings, SweepInputs(base, run.storage.uri, examples, scores), progress, restore=True)
 
 
 def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, workers_per_trial,
@@ -86,6 +105,8 @@ def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, wo
         "trials": space.trials if trials is None else trials,
         "concurrency": space.concurrency if concurrency is None else concurrency,
         "workers_per_trial": space.workers_per_trial if workers_per_trial is None else workers_per_trial,
+        "cpus_per_trial": space.cpus_per_trial, "gpus_per_trial": space.gpus_per_trial, "sampler": space.sampler,
+        "n_startup_trials": space.n_startup_trials, "seed": space.seed, "optuna_storage": space.optuna_storage,
     }
     for key in ("trials", "concurrency"):
         if settings[key] < 1:
@@ -97,217 +118,168 @@ def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, wo
     return settings
 
 
-def _create_sweep_dir(run_dir: Path, space: SearchSpace, space_path, base, settings: dict[str, Any]) -> None:
-    """A fresh sweep directory with the space, the trials' base config and ``sweep.json``."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"sweep directory {run_dir} already exists; choose another --name, or continue it "
-                          f"with `raylsl sweep --resume {run_dir}`")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(space_path, run_dir / "space.yaml")
-    config = {**base.to_dict(), "output_dir": str((run_dir / "trials").resolve()), "eval_before": False,
-              "eval_split": "validation", "workers": settings["workers_per_trial"], "name": None}
-    (run_dir / "base_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    settings["storage"] = space.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
-    settings["study_name"] = run_dir.name
-    settings["baseline"] = space.baseline(base.lora.r)
-    write_json(run_dir / "sweep.json", settings)
+def _new_sweep_dir(local: Path, storage: str | None, name: str) -> RunDir:
+    remote = Storage(storage).child(name) if storage else None
+    if local.exists() and any(local.iterdir()):
+        raise ConfigError(f"sweep directory {local} already exists; choose another --name, or continue it "
+                          f"with `raylsl sweep --resume {local}`")
+    if remote is not None:
+        Storage(storage).check_writable()
+        if remote.exists("sweep.json"):
+            raise ConfigError(f"{remote.uri} already holds a sweep; choose another --name, or continue it with "
+                              f"`raylsl sweep --resume {remote.uri}`")
+    return RunDir(local, remote)
 
 
-def resume_sweep(run_dir: str | Path, progress: bool = True) -> SweepReport:
-    """Continues an interrupted sweep: finished trials are kept, unfinished ones run again (a
-    trial that had started training continues from its newest checkpoint)."""
+def _create_sweep_dir(run: RunDir, space: SearchSpace, space_path, base, examples: list, settings: dict) -> None:
+    run.local.mkdir(parents=True, exist_ok=True)
+    run.write_text("space.yaml", Path(space_path).read_text())
+    run.write_text("base_config.yaml", yaml.safe_dump(base.to_dict(), sort_keys=False))
+    run.storage.write_json("examples.json", [example_record(ex) for ex in examples])
+    run.write_json("sweep.json", settings)
+
+
+def _score_once(base, space: SearchSpace, examples: list, run: RunDir) -> tuple[dict[str, LayerScores], dict]:
+    """Scores every static selector the space can pick, once per distinct score key its discrete
+    parameters can produce (Flexora's scores depend on the rank, say), and stores them in
+    ``scores/``; trials read them from what the driver sends. Returns the scores and the seconds
+    spent per key (``selector:key``)."""
+    scores: dict[str, LayerScores] = {}
+    seconds: dict[str, float] = {}
+    for overrides in space.selector_variants():
+        selector = overrides["selector"]
+        if selector == "all" or not build_selector(selector, None).needs_data:
+            continue
+        config = with_overrides(base, trial_overrides({**overrides, "n": 1}), source=f"selector {selector}")
+        key = score_key(config)
+        if key in scores:
+            continue
+        started = time.perf_counter()
+        plan, _ = build_plan(config, "scores", run.storage.uri, examples=examples)
+        scores[key] = plan.selection.scores
+        run.storage.write_json(f"scores/{key}.json", scores[key].to_dict())
+        seconds[f"{selector}:{key}"] = time.perf_counter() - started
+        for param in space.ranged(selector):
+            ends = {score_key(with_overrides(config, {param.name: v})) for v in (param.low, param.high)}
+            if len(ends) > 1:
+                print(f"raylsl: {selector}'s scores depend on {param.name}, which the space samples from a range: "
+                      f"each {selector} trial scores for itself", flush=True)
+    return scores, seconds
+
+
+def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: bool, restore: bool) -> SweepReport:
     from ray import tune
 
-    run_dir = Path(run_dir)
-    settings_path = run_dir / "sweep.json"
-    if not settings_path.is_file():
-        raise ConfigError(f"{run_dir} is not a raylsl sweep directory (no sweep.json); pass the folder that "
-                          f"`raylsl sweep` printed")
-    settings = json.loads(settings_path.read_text())
-    if not tune.Tuner.can_restore(str((run_dir / "tune").resolve())):
-        raise ConfigError(f"{run_dir}: the sweep stopped before Ray Tune saved any state; start it again")
     _start_ray(settings["workers_per_trial"], progress)
-    tuner = tune.Tuner.restore(str((run_dir / "tune").resolve()), _trainable(run_dir, settings),
-                               resume_unfinished=True, resume_errored=False, restart_errored=False)
-    return _finish(run_dir, tuner, settings)
-
-
-def _finish(run_dir: Path, tuner, settings: dict[str, Any]) -> SweepReport:
+    trainable = _trainable(inputs, settings)
+    if restore:
+        tuner = tune.Tuner.restore(run.storage.uri_of("tune"), trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        points = [settings["baseline"], *load_space_points(run)]
+        space = load_space_from(run)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher(space, settings, points, run.storage.uri),
+                                        num_samples=settings["trials"], max_concurrent_trials=settings["concurrency"]),
+            run_config=tune.RunConfig(name="tune", storage_path=run.storage.uri, verbose=1 if progress else 0,
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+        )
     started = time.perf_counter()
     tuner.fit()
-    _fail_orphaned_trials(settings)
-    settings.setdefault("wall_time_s", 0.0)
-    settings["wall_time_s"] += time.perf_counter() - started
-    write_json(run_dir / "sweep.json", settings)
-    report = load(run_dir)
+    settings["wall_time_s"] = settings.get("wall_time_s", 0.0) + time.perf_counter() - started
+    run.write_json("sweep.json", settings)
+    if run.storage.is_file("optuna.db"):
+        run.storage.download("optuna.db", run.local / "optuna.db") if run.shared else None
+    report = load(run.local)
     if report.complete:  # an interrupted sweep's front is provisional: no test split yet
         report = evaluate_front(report)
     report.write()
     return report
 
 
-def evaluate_front(report: SweepReport) -> SweepReport:
-    """Test accuracy of each front member that lacks it (``trials/<id>/test_metrics.json``)."""
-    from raylsl.recipes.evaluate import evaluate_target
+def load_space_from(run: RunDir) -> SearchSpace:
+    with _scratch_file(run.storage, "space.yaml") as path:
+        return load_space(path)
 
-    for row in report.pareto_front().itertuples():
-        trial_dir = report.run_dir / "trials" / row.trial_id
-        if not (trial_dir / "test_metrics.json").is_file():
-            write_json(trial_dir / "test_metrics.json", evaluate_target(str(trial_dir), [], "test"))
+
+def load_space_points(run: RunDir) -> list[dict[str, Any]]:
+    return list(load_space_from(run).points)
+
+
+class _scratch_file:
+    """A storage file as a local path for the body of a ``with`` (the file itself when local)."""
+
+    def __init__(self, storage: Storage, rel: str):
+        self.storage, self.rel = storage, rel
+
+    def __enter__(self) -> Path:
+        import tempfile
+
+        if self.storage.local is not None:
+            return self.storage.local / self.rel
+        self._tmp = tempfile.TemporaryDirectory()
+        return self.storage.download(self.rel, Path(self._tmp.name) / Path(self.rel).name)
+
+    def __exit__(self, *exc) -> None:
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
+
+
+def evaluate_front(report: SweepReport) -> SweepReport:
+    """Test metrics of each front member that lacks them, from its adapter in storage
+    (``test/<trial_id>.json``)."""
+    from raylsl.config import load_config
+    from raylsl.recipes.evaluate import evaluate_adapter
+
+    storage = report.storage
+    missing = [row for row in report.pareto_front().itertuples() if not storage.is_file(f"test/{row.trial_id}.json")]
+    if not missing:
+        return report
+    with _scratch_file(storage, "base_config.yaml") as path:
+        base = load_config(path)
+    examples = [example_from_record(r) for r in storage.read_json("examples.json")]
+    for row in missing:
+        checkpoint = Storage(row.checkpoint)
+        config = with_overrides(base, {**trial_overrides(json.loads(row.params)), "name": row.trial_id})
+        layers = checkpoint.read_json("results.json")["layers"]
+        metrics = evaluate_adapter(config, checkpoint.child("adapter"), layers, "test", examples)
+        storage.write_json(f"test/{row.trial_id}.json", metrics)
     return load(report.run_dir)
 
 
-# --- trials -------------------------------------------------------------------------------------
+# --- Ray and trial resources ----------------------------------------------------------------------
 
-def run_trial(run_dir: Path, trial_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Trains one trial in ``run_dir/trials/<trial_id>`` and returns the metrics it reports.
-
-    A trial directory that already holds results (a resumed sweep) is read, one with a config
-    but no results continues from its checkpoint.
-
-    Raises:
-        RaylslError: the run diverged (non-finite loss or accuracy): the trial fails, visibly.
-    """
-    from raylsl.recipes import train as recipe
-
-    trial_dir = run_dir / "trials" / trial_id
-    if (trial_dir / "results.json").is_file():
-        results = json.loads((trial_dir / "results.json").read_text())
-    else:
-        with sweep_score_cache(run_dir):
-            if (trial_dir / "config.yaml").is_file():
-                results = recipe.resume(trial_dir, progress=False)
-            else:
-                config = load_config(run_dir / "base_config.yaml", {**trial_overrides(params), "name": trial_id})
-                results = recipe.train(config, progress=False)
-    return trial_metrics(results)
-
-
-@contextmanager
-def sweep_score_cache(run_dir: Path) -> Iterator[None]:
-    """Points the score cache at ``RUN_DIR/scores`` inside the ``with`` body, then restores the
-    environment (a sweep run from Python must not redirect the caller's later selections)."""
-    previous = os.environ.get(SCORE_CACHE_ENV)
-    os.environ[SCORE_CACHE_ENV] = str((run_dir / "scores").resolve())
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(SCORE_CACHE_ENV, None)
-        else:
-            os.environ[SCORE_CACHE_ENV] = previous
-
-
-def trial_metrics(results: dict[str, Any]) -> dict[str, Any]:
-    """What a trial reports to Tune: the two objectives (always finite) and what the report shows."""
-    loss, acc = results["train"]["final_loss"], results["after"]["acc"]
-    if not (math.isfinite(loss) and math.isfinite(acc)):
-        raise RaylslError(f"the run diverged: final training loss {loss}, validation accuracy {acc}")
-    params, adapted = results["params"], results["adapted_blocks"]
-    all_blocks = params["adapter"] / max(len(adapted), 1) * results["num_blocks"] + params["head"]
-    dynamic = results.get("dynamic")
-    if dynamic:
-        per_step = dynamic["adapter_params_updated_per_step"] / max(dynamic["adapter_params_existing"], 1)
-        blocks = f"{results['selector']}: {per_step * results['num_blocks']:.0f} of {results['num_blocks']} per step"
-    else:
-        blocks = f"{format_layers(adapted)} ({len(adapted)})"
-    return {
-        "val_acc": float(acc), "trainable_params": int(params["trainable"]),
-        "pct_of_all_blocks": 100.0 * params["trainable"] / all_blocks, "blocks": blocks, "rank": results["lora_r"],
-        "train_time_s": results["train"]["train_time_s"], "selection_time_s": results["selection_time_s"],
-        "final_loss": loss,
-    }
-
-
-def _trial(params: dict[str, Any], run_dir: str) -> None:
-    """The Tune trainable: one training run, one report."""
-    import warnings
-
-    from ray import tune
-
-    warnings.filterwarnings("ignore")  # library deprecations, once per trial, bury Tune's table
-
-    tune.report(run_trial(Path(run_dir), tune.get_context().get_trial_id(), params))
-
-
-def _trainable(run_dir: Path, settings: dict[str, Any]):
+def _trainable(inputs: SweepInputs, settings: dict[str, Any]):
     import ray
     from ray import tune
 
-    resources = ray.cluster_resources()
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    request = trial_resources(settings, ray.cluster_resources(), nodes)
+    return tune.with_resources(tune.with_parameters(run_trial, inputs=inputs), request)
+
+
+def trial_resources(settings: dict[str, Any], cluster: dict[str, float], nodes: list[dict[str, float]]) -> dict:
+    """What one trial asks Ray for. A trial that drives Ray Train workers only needs half a CPU (its
+    workers ask for their own CPUs and GPUs); a trial that trains itself takes its share of the
+    cluster's CPUs (never more than one node has, or it would wait forever) and a GPU when the
+    cluster has them (``gpus_per_trial``)."""
     if settings["workers_per_trial"]:
-        # The trial only drives its Ray Train workers (1 CPU or GPU each, requested by the trainer).
-        request = {"cpu": 0.5}
-    else:
-        request = {"cpu": max(1, int(resources.get("CPU", 1) // settings["concurrency"]))}
-        if resources.get("GPU", 0) >= 1:
-            request["gpu"] = 1
-    return tune.with_resources(tune.with_parameters(_trial, run_dir=str(run_dir.resolve())), request)
+        return {"cpu": 0.5}
+    node_cpus = max((n.get("CPU", 0) for n in nodes), default=1)
+    cpus = settings.get("cpus_per_trial") or max(1, min(node_cpus, cluster.get("CPU", 1) // settings["concurrency"]))
+    gpus = settings.get("gpus_per_trial", "auto")
+    gpus = (1 if cluster.get("GPU", 0) >= 1 else 0) if gpus == "auto" else gpus
+    return {"cpu": cpus, "gpu": gpus} if gpus else {"cpu": cpus}
 
 
 def _start_ray(workers_per_trial: int, progress: bool) -> None:
-    import ray
+    import os
 
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=progress)
-        return
-    # A trial that drives Ray Train workers holds 0.5 CPU itself: give the local Ray the logical room
+    from raylsl.distributed.ray_train import init_ray
+
+    # A trial that drives Ray Train workers holds 0.5 CPU itself: give a local Ray the logical room
     # (the workers do the computing), or Tune waits forever for a worker group that cannot start.
     cpus = os.cpu_count() or 1
-    ray.init(address="local", num_cpus=max(cpus, workers_per_trial + 1) if workers_per_trial else cpus,
-             include_dashboard=False, log_to_driver=progress)
-
-
-# --- the searcher -------------------------------------------------------------------------------
-
-def _searcher(space: SearchSpace, settings: dict[str, Any]) -> "ParetoOptunaSearch":
-    sampler = (optuna.samplers.RandomSampler(seed=space.seed) if space.sampler == "random"
-               else optuna.samplers.TPESampler(seed=space.seed))
-    points = [settings["baseline"], *space.points]
-    return ParetoOptunaSearch(space=space, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
-                              points_to_evaluate=points, sampler=sampler, study_name=settings["study_name"],
-                              storage=optuna.storages.RDBStorage(settings["storage"]))
-
-
-class ParetoOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a failed or metric-less trial as FAIL in the study.
-
-    Ray's multi-objective path passes ``[None, None]`` to ``study.tell`` for a trial that errored,
-    which Optuna rejects; Ray only logs that, and the study would keep the trial RUNNING forever.
-    """
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        values = [(result or {}).get(metric) for metric in self.metric]
-        ok = not error and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-        if ok or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
-        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
-        self._completed_trials.add(trial_id)
-
-
-def _fail_orphaned_trials(settings: dict[str, Any]) -> None:
-    """Any study trial still RUNNING once Tune is done (a killed driver, a lost report) becomes FAIL."""
-    study = optuna.load_study(study_name=settings["study_name"], storage=settings["storage"])
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-
-
-def _score_once(run_dir: Path, space: SearchSpace) -> dict[str, float]:
-    """Scores every static selector the space can pick, once, into ``RUN_DIR/scores``; trials then
-    read them from there (the score cache is keyed by everything but N). Returns seconds per selector."""
-    from raylsl.recipes.train import prepare
-    from raylsl.selectors import build_selector
-
-    choices = next((p.choices for p in space.parameters if p.name == "selector" and p.choices), ())
-    seconds: dict[str, float] = {}
-    with sweep_score_cache(run_dir):
-        for selector in choices:
-            if selector == "all" or not getattr(build_selector(selector, None), "needs_data", False):
-                continue
-            started = time.perf_counter()
-            prepare(load_config(run_dir / "base_config.yaml", trial_overrides({"selector": selector, "n": 1})))
-            seconds[selector] = time.perf_counter() - started
-    return seconds
+    init_ray(progress, num_cpus=max(cpus, workers_per_trial + 1) if workers_per_trial else cpus)

@@ -5,9 +5,12 @@
     trials: 16                               # Tune samples, the all-blocks baseline included
     concurrency: 1                           # trials at once
     workers_per_trial: 0                     # 0: a trial trains in its own process; N: N Ray Train workers
-    sampler: tpe                             # tpe (Optuna's multi-objective TPE) or random
+    cpus_per_trial: null                     # a single-process trial's CPUs (default: a node's share)
+    gpus_per_trial: auto                     # a single-process trial's GPUs (auto: 1 when the cluster has GPUs)
+    sampler: tpe                             # tpe (Optuna's multi-objective TPE), random or nsga2
+    n_startup_trials: null                   # TPE's random trials before it models (Optuna's default: 10)
     seed: 0
-    storage: null                            # an Optuna RDB URL; default sqlite in the run directory
+    optuna_storage: null                     # an Optuna RDB URL; default: the study lives in the sweep's storage
     points: []                               # extra fixed trials to run first
     parameters:
       selector: {choices: [all, cka, activation, ist]}
@@ -23,6 +26,7 @@ asks for it only in trials where the parent has that value (a define-by-run spac
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +36,10 @@ import yaml
 
 from raylsl.errors import ConfigError
 
-SETTINGS = ("base", "set", "trials", "concurrency", "workers_per_trial", "sampler", "seed", "storage", "points",
-            "parameters")
+SETTINGS = ("base", "set", "trials", "concurrency", "workers_per_trial", "cpus_per_trial", "gpus_per_trial", "sampler",
+            "n_startup_trials", "seed", "optuna_storage", "points", "parameters")
 PARAMETER_FIELDS = ("choices", "low", "high", "log", "step", "when")
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "nsga2")
 # Where the block budget `n` goes for selectors that do not take `n` itself.
 BUDGET_KEY = {"ist": "ist.n_update", "lisa": "lisa.n_active"}
 
@@ -75,9 +79,12 @@ class SearchSpace:
     trials: int = 16
     concurrency: int = 1
     workers_per_trial: int = 0
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | str = "auto"
     sampler: str = "tpe"
+    n_startup_trials: int | None = None
     seed: int = 0
-    storage: str | None = None
+    optuna_storage: str | None = None
     points: tuple[dict[str, Any], ...] = ()
 
     def __call__(self, trial) -> None:
@@ -90,6 +97,27 @@ class SearchSpace:
 
     def names(self) -> list[str]:
         return [p.name for p in self.parameters]
+
+    def selectors(self) -> tuple:
+        return next((p.choices for p in self.parameters if p.name == "selector" and p.choices), ())
+
+    def selector_variants(self) -> list[dict[str, Any]]:
+        """Every combination of the space's discrete parameters (all but the budget ``n``) under
+        each selector it can pick: everything a selector's scores could depend on that the space
+        varies in steps. (Parameters sampled from a range are not enumerable: `ranged` lists them.)"""
+        variants = []
+        for selector in self.selectors():
+            values = {"selector": selector}
+            discrete = [p for p in self.parameters
+                        if p.name not in ("selector", "n") and p.choices is not None and p.active(values)]
+            for combo in itertools.product(*(p.choices for p in discrete)):
+                variants.append({**values, **dict(zip((p.name for p in discrete), combo))})
+        return variants
+
+    def ranged(self, selector: str) -> list[Parameter]:
+        """Parameters active under ``selector`` that are sampled from a range."""
+        return [p for p in self.parameters if p.name not in ("selector", "n") and p.choices is None
+                and p.active({"selector": selector})]
 
     def baseline(self, base_rank: int) -> dict[str, Any]:
         """The all-blocks LoRA point every sweep starts with (at the base config's rank when the
@@ -134,7 +162,8 @@ def load_space(path: str | Path) -> SearchSpace:
     where = str(path)
     for key in raw:
         if key not in SETTINGS:
-            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(SETTINGS)}")
+            hint = " (the Optuna study's database is optuna_storage:; the sweep's own storage is the run setting storage=)" if key == "storage" else ""
+            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(SETTINGS)}{hint}")
     raw_params = raw.get("parameters") or {}
     if not isinstance(raw_params, dict) or not raw_params:
         raise ConfigError(f"{where}: 'parameters' must map at least one parameter name to its range")
@@ -149,8 +178,12 @@ def load_space(path: str | Path) -> SearchSpace:
         trials=_positive(where, "trials", raw.get("trials", 16)),
         concurrency=_positive(where, "concurrency", raw.get("concurrency", 1)),
         workers_per_trial=_count(where, "workers_per_trial", raw.get("workers_per_trial", 0)),
-        sampler=_sampler(where, raw.get("sampler", "tpe")), seed=int(raw.get("seed", 0)),
-        storage=raw.get("storage"), points=tuple(raw.get("points") or ()),
+        cpus_per_trial=_optional_number(where, "cpus_per_trial", raw.get("cpus_per_trial")),
+        gpus_per_trial=_gpus(where, raw.get("gpus_per_trial", "auto")),
+        sampler=_sampler(where, raw.get("sampler", "tpe")),
+        n_startup_trials=None if raw.get("n_startup_trials") is None else _count(where, "n_startup_trials",
+                                                                                   raw["n_startup_trials"]),
+        seed=int(raw.get("seed", 0)), optuna_storage=raw.get("optuna_storage"), points=tuple(raw.get("points") or ()),
     )
     for point in space.points:
         unknown = [k for k in point if k not in space.names()]
@@ -167,7 +200,7 @@ def check_against_config(space: SearchSpace, overrides: dict[str, Any], num_bloc
     Args:
         overrides: the sweep's fixed run settings (base file applied separately by the caller).
     """
-    from raylsl.config import load_config
+    from raylsl.plan import load_run_config
 
     selectors = next((p.samples() for p in space.parameters if p.name == "selector"), [None])
     for param in space.parameters:
@@ -180,7 +213,7 @@ def check_against_config(space: SearchSpace, overrides: dict[str, Any], num_bloc
                 if "n" not in trial and trial.get("selector") not in (None, "all", *BUDGET_KEY):
                     trial["n"] = 1
                 try:
-                    load_config(str(space.base) if space.base else None, {**overrides, **trial_overrides(trial)})
+                    load_run_config(str(space.base) if space.base else None, {**overrides, **trial_overrides(trial)})
                 except ConfigError as exc:
                     raise ConfigError(f"{space.path}: parameters.{param.name} = {value!r}: {exc}") from None
 
@@ -241,6 +274,22 @@ def _count(where: str, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where}: {key}={value!r} must be an integer >= 0")
     return value
+
+
+def _optional_number(where: str, key: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{where}: {key}={value!r} must be a number > 0 (or null)")
+    return float(value)
+
+
+def _gpus(where: str, value: Any) -> float | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{where}: gpus_per_trial={value!r} must be auto or a number >= 0")
+    return float(value)
 
 
 def _sampler(where: str, value: Any) -> str:

@@ -12,63 +12,21 @@ batches an uninterrupted run would have.
 from __future__ import annotations
 
 import json
-import random
 import resource
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from raylsl.callbacks import Callback, LoopState
 from raylsl.config import TrainSettings
-from raylsl.data import MCExample
+from raylsl.data import micro_batches
 from raylsl.objective import Objective, to_device
 from raylsl.training.checkpoint import LocalCheckpoints
 from raylsl.training.engine import TorchEngine
-
-
-@dataclass
-class LoopState:
-    """What callbacks see: the model, the optimizer, and where the run is."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    settings: TrainSettings
-    run_dir: Path
-    step: int = 0
-    """Completed optimizer steps."""
-    extra_metrics: dict[str, Any] = field(default_factory=dict)
-    """Callbacks put per-step values here; they are written to the metrics line."""
-
-
-class Callback:
-    """Hooks into the loop; every method is optional."""
-
-    def on_train_start(self, state: LoopState) -> None: ...
-
-    def on_step_start(self, state: LoopState) -> None: ...
-
-    def on_before_optimizer_step(self, state: LoopState) -> None: ...
-
-    def on_step_end(self, state: LoopState, metrics: dict[str, Any]) -> None: ...
-
-    def on_train_end(self, state: LoopState) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to continue this callback; saved in every checkpoint."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def autocast_for(settings: TrainSettings, device: torch.device) -> torch.autocast:
@@ -77,37 +35,19 @@ def autocast_for(settings: TrainSettings, device: torch.device) -> torch.autocas
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
-def micro_batches(n_examples: int, step: int, settings: TrainSettings, rank: int = 0, world: int = 1) -> list[list[int]]:
-    """Example indices of this rank's micro-batches at ``step``.
-
-    The global batch of a step is ``batch_size x grad_accum x world`` examples from a seeded
-    permutation per epoch; micro-batch m of the step is its m-th slice of ``batch_size x world``,
-    of which rank r takes the r-th ``batch_size``. One worker with batch 8 and two with batch 4
-    therefore see the same examples in each step.
-    """
-    per_micro = settings.batch_size * world
-    per_step = per_micro * settings.grad_accum
-    start = step * per_step
-    indices: list[int] = []
-    while len(indices) < per_step:
-        epoch, offset = divmod(start + len(indices), n_examples)
-        perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
-        indices += perm[offset: offset + per_step - len(indices)].tolist()
-    return [indices[m + rank * settings.batch_size: m + (rank + 1) * settings.batch_size]
-            for m in range(0, per_step, per_micro)]
-
-
-def train_loop(model: nn.Module, objective: Objective, examples: list[MCExample], settings: TrainSettings,
+def train_loop(model: nn.Module, objective: Objective, examples: list, settings: TrainSettings,
                run_dir: Path, callbacks: tuple[Callback, ...] = (), progress: bool = True, engine=None,
-               checkpoints=None, rank: int = 0, world: int = 1) -> dict[str, Any]:
+               checkpoints=None, rank: int = 0, world: int = 1, extra: dict | None = None) -> dict[str, Any]:
     """Trains ``model``'s trainable parameters, resuming from the newest checkpoint.
 
     Args:
         model: the peft model.
+        run_dir: where rank 0 writes ``metrics.jsonl`` (and callbacks their records).
         engine: how to update it (default: a `TorchEngine` in this process).
         checkpoints: where checkpoints go (default: `LocalCheckpoints` in ``run_dir``).
         rank, world: this worker's data-parallel rank and the number of workers; only rank 0
             writes ``metrics.jsonl`` and shows progress.
+        extra: values saved in every checkpoint (what the run computed once, for its resume).
 
     Returns:
         ``{"steps", "resumed_from", "final_loss", "train_time_s", "peak_memory_mb"}``.
@@ -157,7 +97,7 @@ def train_loop(model: nn.Module, objective: Objective, examples: list[MCExample]
         bar.set_postfix(loss=f"{loss_value:.4f}")
         every = settings.checkpoint_every
         if state.step == settings.steps or (every and state.step % every == 0):
-            checkpoints.save(state.step, engine, callbacks, metrics)
+            checkpoints.save(state.step, engine, callbacks, extra, metrics)
     bar.close()
     for cb in callbacks:
         cb.on_train_end(state)
@@ -205,11 +145,21 @@ class _MetricsLog:
 
     def __init__(self, path: Path, resumed_step: int):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            kept = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= resumed_step]
-            path.write_text("".join(line + "\n" for line in kept))
+        if path.exists():  # rewritten whole: a crash here leaves the old file, never half of it
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resumed_step]
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(path)
         self.path = path
 
     def write(self, metrics: dict[str, Any]) -> None:
         with self.path.open("a") as fh:
             fh.write(json.dumps(metrics) + "\n")
+
+
+def _step_of(line: str) -> float:
+    """The step a metrics line records; a torn line (a crash mid-write) counts as past any step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

@@ -61,10 +61,14 @@ def test_one_and_two_workers_with_the_same_global_batch_agree(two_workers):
     one = run("one", workers=1, **{"train.batch_size": 8})
     a, b = _losses(one["run_dir"]), _losses(two["run_dir"])
     assert len(a) == len(b) == STEPS
-    for x, y in zip(a, b):  # per-rank token means vs one global mean: close, not bit-equal
-        assert abs(x - y) <= 0.03 * abs(x), (a, b)
+    # Each rank divides by the global answer-token count / world, so the two runs compute the same
+    # gradient up to float summation order (measured ~2e-7); per-rank means (answers of 3 and 4
+    # byte tokens here, so ranks' counts differ) are off by ~1e-2 and must fail this.
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 1e-6 * abs(x), (a, b)
     wa, wb = _adapter(one["run_dir"]), _adapter(two["run_dir"])
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 5e-3
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
 
 
 def _kill_one_worker_after_first_checkpoint(storage: Path, killed: list) -> None:
@@ -129,7 +133,7 @@ def test_ist_runs_in_workers_with_rank0_decisions(two_workers, deepspeed):
 
 
 def test_static_selection_happens_once_on_the_driver(two_workers, monkeypatch):
-    from raylsl.selectors import select as select_module
+    from raylsl.selectors import runner as select_module
 
     calls = []
     original = select_module.run_selector

@@ -69,9 +69,11 @@ class _NoCheckpoints:
 def _run_stages(rank: int, world: int, port: int, root: str, selector: str) -> None:
     import torch.distributed as dist
 
+    from raylsl.assemble import assemble
     from raylsl.config import load_config
+    from raylsl.distributed.deepspeed_engine import full_config
     from raylsl.distributed.ray_train import _engine
-    from raylsl.recipes.train import adapt, prepare
+    from raylsl.plan import build_plan
     from raylsl.training.loop import train_loop
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -84,13 +86,13 @@ def _run_stages(rank: int, world: int, port: int, root: str, selector: str) -> N
             "train.warmup_steps": 0, "train.lr": 2e-2, "train.weight_decay": 0.1, "selector": selector,
             "workers": world, "deepspeed": stage, f"{selector}.interval": 2,
             **({"ist.n_update": 1, "ist.probe_batch_size": 4} if selector == "ist" else {"lisa.n_active": 1})})
-        prepared = prepare(config, layers=[0, 1, 2, 3], device=torch.device("cpu"))
-        model, dynamic = adapt(prepared)
-        engine = _engine(model, config, world, dynamic.optimizer_groups())
-        recorder = _Recorder(dynamic, stage, rank)
+        plan, _ = build_plan(config, stage, storage="", layers=[0, 1, 2, 3])
+        a = assemble(plan, torch.device("cpu"))
+        engine = _engine(a, world, full_config(plan.deepspeed, config.train, bf16=False))
+        recorder = _Recorder(a.dynamic, stage, rank)
         run_dir = Path(root) / stage
         run_dir.mkdir(exist_ok=True)
-        train_loop(model, prepared.objective, prepared.task.train, config.train, run_dir, (dynamic, recorder),
+        train_loop(a.model, a.objective, plan.task.train, config.train, run_dir, (a.dynamic, recorder),
                    progress=False, engine=engine, checkpoints=_NoCheckpoints(), rank=rank, world=world)
         if rank == 0:
             torch.save({"weights": recorder.weights, "active": recorder.active, "zero_grads": recorder.zero_grads}, run_dir / "trace.pt")

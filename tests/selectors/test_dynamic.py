@@ -14,7 +14,9 @@ from raylsl.recipes import train as recipe
 from raylsl.selectors import TrainingContext, build_selector
 from raylsl.selectors.dynamic import ISTCallback, ISTConfig, LisaCallback, LisaConfig, ist_update
 from raylsl.selectors.lora_blocks import lora_modules_by_block, lora_params_by_block, scaled_lora
-from raylsl.training.loop import Callback, seed_everything, train_loop
+from raylsl.callbacks import Callback
+from raylsl.assemble import seed_everything
+from raylsl.training.loop import train_loop
 
 
 def _peft_tiny(splits, seed=0):
@@ -180,11 +182,13 @@ def test_ist_end_to_end_records_and_resumes(tiny_config, monkeypatch):
             if state.step == 4:
                 raise Stop
 
-    original = recipe.train_loop
-    monkeypatch.setattr(recipe, "train_loop", lambda *a, callbacks=(), **k: original(*a, callbacks=callbacks + (StopAt4(),), **k))
+    from raylsl.training import session
+
+    original = session.train_loop
+    monkeypatch.setattr(session, "train_loop", lambda *a, callbacks=(), **k: original(*a, callbacks=callbacks + (StopAt4(),), **k))
     with pytest.raises(Stop):
         recipe.train(tiny_config(name="ist-b", **overrides), progress=False)
-    monkeypatch.setattr(recipe, "train_loop", original)
+    monkeypatch.setattr(session, "train_loop", original)
     resumed = recipe.resume(Path(straight["run_dir"]).parent / "ist-b", progress=False)
     assert resumed["train"]["resumed_from"] == 3
     assert resumed["dynamic"]["final_importance"] == dyn["final_importance"]

@@ -5,7 +5,7 @@ from raylsl.config import CalibrationSettings, load_config
 from raylsl.errors import ConfigError
 from raylsl.recipes import train as recipe
 from raylsl.selectors import Budget, LayerScores, build_selector, choose, select_blocks
-from raylsl.selectors import select as select_module
+from raylsl.selectors import runner as select_module
 from raylsl.selectors.hooks import capture_blocks
 
 
@@ -117,9 +117,11 @@ def test_calibration_comes_from_train_only(tiny_config, monkeypatch):
         return original(train, size, seed)
 
     monkeypatch.setattr(select_module, "calibration_sample", spy)
-    prepared = recipe.prepare(tiny_config(selector="activation", n=2))
-    assert seen["pool"] is prepared.task.train
-    held_out = {ex.context for ex in prepared.task.test + prepared.task.validation}
+    from raylsl.plan import build_plan
+
+    plan, _ = build_plan(tiny_config(selector="activation", n=2), "calibration", storage="")
+    assert seen["pool"] is plan.task.train
+    held_out = {ex.context for ex in plan.task.test + plan.task.validation}
     assert not held_out & {ex.context for ex in seen["pool"]}
 
 

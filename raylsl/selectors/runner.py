@@ -63,7 +63,10 @@ def model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256(type(model).__name__.encode())
     config = getattr(model, "config", None)
     if config is not None:
-        digest.update(config.to_json_string().encode())
+        # Where the model was loaded from, and by which transformers, is not the model: without
+        # them every machine and user shares one cache entry per model.
+        fields = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, param in model.named_parameters():
             flat = param.detach().reshape(-1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raylsl.selectors.select import Selection
+from raylsl.selectors.runner import Selection
 
 
 def ranked_table(selection: Selection) -> str:

@@ -1,0 +1,88 @@
+"""Plan -> a model ready to train: the one place where a single-process run and a Ray Train
+worker put LoRA on the plan's blocks and build the objective and a dynamic selector's callback.
+
+What depends on the machine is decided here, by the process that trains: the device it was given
+and the precision of the frozen base (bf16 on a GPU under ``precision=auto|bf16``, so the base is
+not kept in fp32 and re-cast by autocast on every forward; fp32 elsewhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from raylsl.callbacks import Callback
+from raylsl.config import TrainSettings
+from raylsl.lora import apply_lora
+from raylsl.models import find_blocks
+from raylsl.objective import Objective, make_objective
+from raylsl.plan import Plan
+from raylsl.selectors import TrainingContext, build_selector
+
+
+@dataclass
+class Assembled:
+    plan: Plan
+    model: nn.Module
+    """The peft model (adapters on the plan's blocks), on ``device``."""
+    tokenizer: Any
+    objective: Objective
+    dynamic: Callback | None
+    """A dynamic selector's training-loop callback (IST, LISA), None for static selections."""
+    device: torch.device
+
+
+def base_dtype(settings: TrainSettings, device: torch.device) -> torch.dtype:
+    """The frozen base model's dtype: bf16 on GPU under precision auto or bf16, else fp32."""
+    return torch.bfloat16 if device.type == "cuda" and settings.precision in ("auto", "bf16") else torch.float32
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def partitioned(model: nn.Module) -> bool:
+    """True when DeepSpeed ZeRO-3 built the model partitioned across ranks."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def assemble(plan: Plan, device: torch.device, loaded: tuple[nn.Module, Any] | None = None) -> Assembled:
+    """LoRA on the plan's blocks (seeded, so every rank starts identical), the objective, and a
+    dynamic selector's callback.
+
+    Args:
+        loaded: ``(model, tokenizer)`` already loaded (by the driver that scored the blocks, or by
+            a worker under ZeRO-3's partitioned init); else the plan's model source is loaded.
+    """
+    config = plan.config
+    model, tokenizer = loaded or plan.model.spec().load()
+    if not partitioned(model):
+        model.to(device=device, dtype=base_dtype(config.train, device))
+    seed_everything(config.train.seed)
+    blocks = find_blocks(model, plan.blocks_path)[1]
+    peft_model = apply_lora(model, list(plan.layers), config.lora, plan.blocks_path, blocks, plan.kind)
+    objective = make_objective(plan.kind, tokenizer, config.data.max_length)
+    dynamic = None
+    if config.selector is not None:
+        selector = build_selector(config.selector, config.selector_options.get(config.selector))
+        dynamic = selector.training_callback(TrainingContext(peft_model, plan.blocks_path, plan.num_blocks, objective,
+                                                             plan.task.validation, config.train.seed))
+    return Assembled(plan, peft_model, tokenizer, objective, dynamic, device)
+
+
+def assemble_here(config, name: str = "run") -> Assembled:
+    """Plans ``config`` and assembles it in this process, on this machine's accelerator (what a
+    single-process run trains; benchmarks and tests use it to get a ready model)."""
+    from raylsl.plan import build_plan, local_device
+
+    plan, loaded = build_plan(config, name, storage="", keep_model=True)
+    return assemble(plan, local_device(), loaded)

@@ -1,0 +1,84 @@
+"""The sweep's searcher: Ray Tune's `OptunaSearch`, multi-objective, with the traps closed.
+
+The Optuna study lives in the searcher (in memory), so it is saved with Ray Tune's experiment
+state in the sweep's storage and restored with it on ``--resume``, from any machine; the study
+and Tune's trial states therefore always agree. After every finished trial the study is also
+exported as an SQLite file (``optuna.db`` in the sweep's storage) for Optuna's own tools, unless
+the space file names an RDB URL (``optuna_storage:``), which is then used directly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from raylsl.storage import Storage
+
+SAMPLERS = ("tpe", "random", "nsga2")
+
+
+def make_sampler(name: str, seed: int, n_startup_trials: int | None = None):
+    """Optuna's TPE (multi-objective; ``n_startup_trials`` random ones first), random search, or
+    NSGA-II."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, **({} if n_startup_trials is None else
+                                                    {"n_startup_trials": n_startup_trials}))
+
+
+class ParetoOptunaSearch(OptunaSearch):
+    """OptunaSearch that records a failed or metric-less trial as FAIL in the study, and exports
+    the study after each trial.
+
+    Ray's multi-objective path passes ``[None, None]`` to ``study.tell`` for a trial that errored,
+    which Optuna rejects; Ray only logs that, and the study would keep the trial RUNNING forever.
+    """
+
+    def __init__(self, *args, export_to: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.export_to = export_to
+        """Storage URI of the sweep; ``optuna.db`` is written there."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        values = [(result or {}).get(metric) for metric in self.metric]
+        ok = not error and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        if ok or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            super().on_trial_complete(trial_id, result, error)
+        else:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+        self.export()
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def export(self) -> None:
+        """Writes the study as ``optuna.db`` (SQLite) into the sweep's storage."""
+        if self.export_to is None or self._ot_study is None or self._storage is not None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "optuna.db"
+            optuna.copy_study(from_study_name=self._ot_study.study_name, from_storage=self._ot_study._storage,
+                              to_storage=f"sqlite:///{path}")
+            Storage(self.export_to).write_bytes("optuna.db", path.read_bytes())
+
+
+def searcher(space, settings: dict[str, Any], points: list[dict], export_to: str) -> ParetoOptunaSearch:
+    from raylsl.report import OBJECTIVES
+
+    storage = settings.get("optuna_storage")
+    os.environ.setdefault("OPTUNA_DISABLE_EXPERIMENTAL_WARNINGS", "1")
+    return ParetoOptunaSearch(space=space, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
+                              points_to_evaluate=points,
+                              sampler=make_sampler(settings["sampler"], settings["seed"], settings.get("n_startup_trials")),
+                              study_name=settings["study_name"],
+                              storage=optuna.storages.RDBStorage(storage) if storage else None, export_to=export_to)

@@ -1,0 +1,155 @@
+"""A cluster whose worker node sees none of the driver's disk, with S3 storage (see `two_node`).
+
+The driver (``raylsl`` run as a user runs it, with ``RAY_ADDRESS``) sits on a head with no CPUs, so
+every Ray Train worker and every Tune trial runs on the other node, which has a tmpfs over the
+driver's output directory, data and raylsl cache. Everything that reaches the driver came through
+Ray (the plan in ``train_loop_config``, reports, checkpoints in the bucket).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import write_task
+from tests.distributed.two_node import VENV_BIN, S3Server, TwoNodeCluster, can_make_mount_namespaces
+
+pytest.importorskip("moto")
+pytest.importorskip("ray")
+if not can_make_mount_namespaces():
+    pytest.skip("needs root and `unshare --mount` to give the worker node its own view of the disk",
+                allow_module_level=True)
+
+TRAIN = ["model=tiny-llama", "data.test_size=16", "data.val_size=16", "train.steps=4", "train.batch_size=4",
+         "train.warmup_steps=1", "train.checkpoint_every=2", "train.lr=5e-3", "layers=1-3", "workers=2",
+         "worker_resources={worker_node: 1}", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nodisk")  # everything the driver writes is under here
+    logs = tmp_path_factory.mktemp("nodisk-logs")
+    s3 = S3Server(logs)
+    env = {**s3.env, "RAYLSL_CACHE": str(root / "cache")}
+    try:
+        nodes = TwoNodeCluster(hidden=[root], env=env, log_dir=logs)
+    except BaseException:
+        s3.stop()
+        raise
+    task = write_task(root / "colours.jsonl")
+    yield nodes, s3, root, task
+    nodes.stop()
+    s3.stop()
+
+
+def _ok(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-4000:])
+    return done.stdout
+
+
+def _adapter(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("extra", [[], ["deepspeed=zero2"], ["selector=ist", "layers=all", "ist.n_update=2",
+                                                               "ist.interval=2", "ist.probe_batch_size=4"]],
+                         ids=["ddp", "zero2", "ist-ddp"])
+def test_train_in_workers_with_s3_storage(cluster, extra):
+    nodes, s3, root, task = cluster
+    name = "run-" + (extra[0].split("=")[1] if extra else "ddp")
+    _ok(nodes.raylsl("train", *TRAIN, f"task={task}", f"output_dir={root / 'runs'}", f"name={name}",
+                     "storage=s3://raylsl/runs", *extra))
+    local = root / "runs" / name
+    results = json.loads((local / "results.json").read_text())
+    assert results["workers"] == 2 and results["train"]["steps"] == 4
+    assert results["after"]["n"] == 16 and results["before"]["n"] == 16  # evaluated in the workers, sharded
+    assert len((local / "metrics.jsonl").read_text().splitlines()) == 4  # came back in the checkpoint
+    keys = s3.keys(f"runs/{name}/")
+    for needed in ("config.yaml", "results.json", "metrics.jsonl", "adapter/adapter_model.safetensors", "run.json"):
+        assert f"runs/{name}/{needed}" in keys
+    assert any(k.startswith(f"runs/{name}/ray/train/") for k in keys)  # Ray Train's checkpoints in the bucket
+    if "selector=ist" in extra:
+        assert f"runs/{name}/ist.json" in keys and results["dynamic"]["adapter_params_existing"] > 0
+    # `raylsl eval` reads the run from storage alone.
+    evaluated = json.loads(_ok(nodes.raylsl("eval", f"s3://raylsl/runs/{name}")))
+    assert evaluated["acc"] == results["after"]["acc"] and evaluated["adapter"] == f"s3://raylsl/runs/{name}/adapter"
+
+
+def test_a_worker_side_user_error_is_one_line(cluster):
+    nodes, _, root, task = cluster
+    done = nodes.raylsl("train", *TRAIN, f"task={task}", f"output_dir={root / 'runs'}", "name=bad",
+                        "selector=ist", "layers=all", "data.val_size=0")
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("raylsl: error: selector=ist probes on the validation slice"), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert json.loads((root / "runs" / "bad" / "run.json").read_text())["status"] == "failed"
+
+
+SPACE = """\
+base: {base}
+set: {{data.val_size: 16, data.test_size: 16, train.steps: 3, train.batch_size: 4, train.checkpoint_every: 1,
+       worker_resources: {{worker_node: 1}}, cpus_per_worker: 1}}
+trials: {trials}
+workers_per_trial: 2
+parameters:
+  selector: {{choices: [all, last, activation]}}
+  n: {{low: 1, high: 3}}
+"""
+
+
+def _space(root: Path, task: Path, trials: int) -> Path:
+    base = root / "base.yaml"
+    base.write_text(f"model: tiny-llama\ntask: {task}\nlora: {{r: 4}}\n")
+    space = root / f"space-{trials}.yaml"
+    space.write_text(SPACE.format(base=base, trials=trials))
+    return space
+
+
+def test_sweep_with_trials_in_workers_and_s3_storage(cluster):
+    nodes, s3, root, task = cluster
+    out = _ok(nodes.raylsl("sweep", str(_space(root, task, 3)), "storage=s3://raylsl/sweeps", "--output-dir",
+                           str(root / "sweeps"), "--name", "s3sweep", "--no-progress", timeout=900))
+    assert "3 trials, 0 failed" in out
+    keys = s3.keys("sweeps/s3sweep/")
+    assert "sweeps/s3sweep/optuna.db" in keys and "sweeps/s3sweep/pareto.md" in keys
+    assert any(k.startswith("sweeps/s3sweep/test/") for k in keys)  # front members' test metrics, in storage
+    assert any("/trials/" in k and "/ray/train/" in k for k in keys)  # the trials' Ray Train runs
+    local = root / "sweeps" / "s3sweep"
+    assert (local / "pareto.csv").is_file() and (local / "pareto.png").is_file()
+    from raylsl import report
+
+    again = report.load("s3://raylsl/sweeps/s3sweep")  # from storage alone
+    assert len(again.trials) == 3 and (again.trials["status"] == "TERMINATED").all()
+    assert all(c.startswith("s3://raylsl/sweeps/s3sweep/tune/") for c in again.trials["checkpoint"])
+
+
+def test_killed_sweep_driver_resumes_from_the_storage_uri(cluster):
+    nodes, s3, root, task = cluster
+    driver = subprocess.Popen(
+        [str(VENV_BIN / "raylsl"), "sweep", str(_space(root, task, 4)),
+         "storage=s3://raylsl/sweeps", "--output-dir", str(root / "sweeps"), "--name", "killed", "--no-progress"],
+        env=nodes.driver_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 600
+    done = lambda: [k for k in s3.keys("sweeps/killed/tune/") if k.endswith("results.json")]  # noqa: E731
+    while len(done()) < 1 and time.time() < deadline and driver.poll() is None:
+        time.sleep(1)
+    assert done(), driver.communicate()[0][-3000:]
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(30)
+    finished_before = set(done())
+    resumed = _ok(nodes.raylsl("sweep", "--resume", "s3://raylsl/sweeps/killed", "--no-progress", timeout=900))
+    assert "4 trials" in resumed
+    from raylsl import report
+
+    final = report.load("s3://raylsl/sweeps/killed")
+    assert len(final.trials) == 4 and final.complete and (final.trials["status"] == "TERMINATED").all()
+    assert finished_before <= set(done())
