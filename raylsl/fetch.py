@@ -76,8 +76,9 @@ def file_lock(path: Path) -> Iterator[None]:
 def cached_directory(rel: str, build: Callable[[Path], None], ready: str) -> Path:
     """``cache_dir()/rel``, built once per machine: ``build(staging)`` fills a fresh directory that
     is then renamed into place, under a file lock, so processes starting together (several Ray
-    workers on one node) build it once and all load the finished directory. ``ready`` names a file
-    the finished directory holds."""
+    workers on one node) build it once and all load the finished directory. A finished directory
+    is never replaced (a second builder, should the lock not hold, discards its own copy), so no
+    reader ever sees one disappear. ``ready`` names a file the finished directory holds."""
     target = cache_dir() / rel
     if (target / ready).is_file():
         return target
@@ -88,8 +89,10 @@ def cached_directory(rel: str, build: Callable[[Path], None], ready: str) -> Pat
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
             build(staging)
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
+            os.rename(staging, target)  # atomic; fails only when another builder's copy is there
+        except OSError:
+            if not (target / ready).is_file():
+                raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -156,8 +156,7 @@ def _convert_smollm2(target: Path) -> None:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(target)
-        tokenizer.save_pretrained(target)
+        save_to_cache(model, tokenizer, target)
 
 
 def _minilm_dir() -> str:
@@ -240,7 +239,7 @@ def byte_tokenizer(encoder: bool = False):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
 
-def _tiny_llama() -> tuple[nn.Module, object]:
+def _tiny_llama(target: Path) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     tokenizer = byte_tokenizer()
@@ -249,28 +248,48 @@ def _tiny_llama() -> tuple[nn.Module, object]:
                          max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
                          initializer_range=0.2)  # a frozen random head with std 0.02 caps logits near 0
-    with torch.random.fork_rng():
-        torch.manual_seed(1234)  # the same "base model" in every process
-        model = AutoModelForCausalLM.from_config(config)  # from_config: partitioned under ZeRO-3's init
-    return model, tokenizer
+    _save_seeded(AutoModelForCausalLM, config, tokenizer, target)
 
 
-def _tiny_bert() -> tuple[nn.Module, object]:
+def _tiny_bert(target: Path) -> None:
     from transformers import AutoModelForMultipleChoice, BertConfig
 
     tokenizer = byte_tokenizer(encoder=True)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                         num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=512,
                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
+    _save_seeded(AutoModelForMultipleChoice, config, tokenizer, target)
+
+
+def _save_seeded(cls, config, tokenizer, target: Path) -> None:
+    """A random model, the same in every process (seeded), written like a downloaded one: loading
+    it is then exactly what loading a real model is (partitioned under ZeRO-3, say)."""
     with torch.random.fork_rng():
         torch.manual_seed(1234)
-        model = AutoModelForMultipleChoice.from_config(config)
-    return model, tokenizer
+        model = cls.from_config(config)
+    save_to_cache(model, tokenizer, target)
+
+
+def save_to_cache(model: nn.Module, tokenizer, target: Path) -> None:
+    """``save_pretrained`` for a node's cache. transformers writes weights only on
+    torch.distributed rank 0, but a cache is per node, built by whichever process gets there
+    first: a Ray Train worker of rank 1 would otherwise leave a directory without weights."""
+    model.should_save_on_this_rank = lambda is_main_process: True
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _built(name: str, build: Callable[[Path], None], kind: str) -> ModelSpec:
+    """A model built by code once per machine into raylsl's cache, then loaded from there."""
+    def directory() -> str:
+        return str(cached_directory(f"models/{name}", build, ready="model.safetensors"))
+
+    return ModelSpec(name, kind, lambda: _load_pretrained(directory(), kind), directory)
 
 
 _NAMED = {
     "smollm2-135m": ModelSpec("smollm2-135m", DECODER, _load_smollm2, _smollm2_dir),
     "minilm-l6": ModelSpec("minilm-l6", ENCODER, _load_minilm, _minilm_dir),
-    "tiny-llama": ModelSpec("tiny-llama", DECODER, _tiny_llama),
-    "tiny-bert": ModelSpec("tiny-bert", ENCODER, _tiny_bert),
+    "tiny-llama": _built("tiny-llama", _tiny_llama, DECODER),
+    "tiny-bert": _built("tiny-bert", _tiny_bert, ENCODER),
 }

@@ -162,12 +162,16 @@ class SweepReport:
 
 
 def open_sweep(target: str | Path) -> RunDir:
-    """A sweep from its local directory or its storage URI (then its report goes to ``runs/NAME``)."""
+    """A sweep from its local directory or its storage URI (then its report goes to the directory
+    the sweep was started in, or to ``runs/NAME`` on a machine that does not have it)."""
     if is_remote(target):
         storage = Storage(target)
         if not storage.is_file("sweep.json"):
             raise ConfigError(f"{storage.uri} is not a raylsl sweep (no sweep.json); pass the URI `raylsl sweep` printed")
-        return RunDir(Path("runs") / Path(storage.uri).name, storage)
+        local = storage.read_json("sweep.json").get("local_dir")
+        if not local or not Path(local).parent.is_dir():  # another machine
+            local = Path("runs") / Path(storage.uri).name
+        return RunDir(Path(local), storage)
     local = Path(target).resolve()  # Ray's storage layer reads a relative path as a URI: nothing found
     if not (local / "sweep.json").is_file():
         raise ConfigError(f"{local} is not a raylsl sweep directory (no sweep.json and tune/); pass the "

@@ -69,7 +69,8 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     examples = read_examples(base.task)
     trial_base = with_overrides(base, {"eval_before": False, "eval_split": "validation", "storage": None,
                                        "workers": settings["workers_per_trial"], "name": None})
-    settings.update(study_name=name, storage_uri=run.storage.uri, baseline=space.baseline(base.lora.r))
+    settings.update(study_name=name, storage_uri=run.storage.uri, local_dir=str(run.local.resolve()),
+                    baseline=space.baseline(base.lora.r))
     _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
     scores, settings["selection"] = _score_once(trial_base, space, examples, run)
     run.write_json("sweep.json", settings)
@@ -168,7 +169,12 @@ def _score_once(base, space: SearchSpace, examples: list, run: RunDir) -> tuple[
 
 
 def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: bool, restore: bool) -> SweepReport:
+    import os
+
     from ray import tune
+
+    # A trial's checkpoint reports carry no validation metrics (only its evaluations do).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
     _start_ray(settings["workers_per_trial"], progress)
     trainable = _trainable(inputs, settings)

@@ -153,3 +153,17 @@ def test_score_cache_key_does_not_depend_on_where_the_model_is(tmp_path):
     second, _ = resolve_model(str(tmp_path / "b")).load()
     assert first.config._name_or_path != second.config._name_or_path
     assert model_fingerprint(first) == model_fingerprint(second) == model_fingerprint(model)
+
+
+def test_a_worker_of_rank_1_builds_a_complete_model_cache(tmp_path, monkeypatch):
+    """transformers' save_pretrained writes weights on torch.distributed rank 0 only; a node's
+    cache is built by whichever worker comes first, rank 1 included."""
+    from transformers.distributed import mixin
+
+    from raylsl.models import resolve_model
+
+    monkeypatch.setenv("RAYLSL_CACHE", str(tmp_path))
+    monkeypatch.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+    monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
+    model, _ = resolve_model("tiny-llama").load()
+    assert (tmp_path / "models" / "tiny-llama" / "model.safetensors").is_file() and model.config.model_type == "llama"

@@ -110,18 +110,29 @@ def test_killed_worker_resumes_from_checkpoint_and_matches(two_workers):
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("stage", ["zero1", "zero2", "zero3"])
-def test_deepspeed_stages_train_and_save_loadable_adapters(two_workers, stage):
+def test_zero3_loads_partitioned_and_trains_like_zero2(two_workers):
+    """ZeRO-1 is covered without Ray (test_zero_dynamic); here ZeRO-2 and ZeRO-3 end to end."""
     run, _ = two_workers
-    results = run(f"ds-{stage}", deepspeed=stage, **{"train.steps": 3, "train.checkpoint_every": 0})
-    adapter = _adapter(results["run_dir"])
-    assert results["train"]["steps"] == 3 and results["deepspeed"] == stage
-    assert any(float(v.abs().sum()) > 0 for k, v in adapter.items() if "lora_B" in k)  # trained, gathered
-    assert len(adapter) == 2 * 7 * 3  # A and B for 7 linears in 3 blocks: nothing lost to partitioning
-    assert evaluate_target(results["run_dir"], [])["acc"] == results["after"]["acc"]
+    short = {"train.steps": 3, "train.checkpoint_every": 0}
+    zero2, zero3 = run("ds-zero2", deepspeed="zero2", **short), run("ds-zero3", deepspeed="zero3", **short)
+    for results in (zero2, zero3):
+        adapter = _adapter(results["run_dir"])
+        assert results["train"]["steps"] == 3
+        assert any(float(v.abs().sum()) > 0 for k, v in adapter.items() if "lora_B" in k)  # trained, gathered
+        assert len(adapter) == 2 * 7 * 3  # A and B for 7 linears in 3 blocks: nothing lost to partitioning
+        assert evaluate_target(results["run_dir"], [])["acc"] == results["after"]["acc"]
+    # Built inside zero.Init: right after loading, each of the 2 ranks holds about half of the base.
+    fractions = zero3["zero3_base_fraction_per_rank"]
+    assert len(fractions) == 2 and all(0.45 <= f <= 0.55 for f in fractions), fractions
+    assert zero2["zero3_base_fraction_per_rank"] is None
+    # Same optimisation, different partitioning: adapters agree to float summation order.
+    a, b = _adapter(zero2["run_dir"]), _adapter(zero3["run_dir"])
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+    assert zero3["params"] == zero2["params"]  # counted from the partitioned model's full sizes
 
 
-@pytest.mark.parametrize("deepspeed", [None, "zero2"])
+@pytest.mark.parametrize("deepspeed", ["zero2"])  # under DDP: test_no_shared_disk
 def test_ist_runs_in_workers_with_rank0_decisions(two_workers, deepspeed):
     run, _ = two_workers
     results = run(f"ist-{deepspeed or 'ddp'}", selector="ist", layers="all", deepspeed=deepspeed,
