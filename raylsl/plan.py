@@ -52,8 +52,9 @@ def check_config(config: RunConfig) -> None:
     for name, options in config.selector_options.items():
         build_selector(name, options)
     if config.selector is not None:
-        check_budget(build_selector(config.selector, config.selector_options.get(config.selector)),
-                     Budget(config.n, config.threshold, config.mass))
+        selector = build_selector(config.selector, config.selector_options.get(config.selector))
+        check_budget(selector, Budget(config.n, config.threshold, config.mass))
+        selector.require_validation(config.data.val_size)
     if config.deepspeed is not None:
         deepspeed_config(config.deepspeed)
 

@@ -44,7 +44,9 @@ class Storage:
         self.uri = text.rstrip("/") or text
         try:
             self.fs, self.root = pyarrow.fs.FileSystem.from_uri(self.uri if is_remote(self.uri) else "file://" + self.uri)
-        except (OSError, ValueError, TypeError) as exc:
+        except OSError as exc:  # e.g. the bucket's region cannot be looked up
+            raise StorageError(f"cannot reach storage {self.uri}: {str(exc).strip().splitlines()[0]}.{_hint(self.uri)}") from None
+        except (ValueError, TypeError) as exc:
             raise StorageError(f"storage={uri!s} is not a storage URI Ray understands ({exc}); use a local path or "
                                f"s3://bucket/prefix, gs://bucket/prefix") from None
 
@@ -182,9 +184,14 @@ class Storage:
         try:
             return fn()
         except (OSError, ValueError) as exc:
-            hint = (" For S3-compatible servers set AWS_ENDPOINT_URL (and AWS credentials) for the driver and every "
-                    "Ray node." if self.uri.startswith("s3://") else "")
-            raise StorageError(f"cannot {what} storage {self.uri}: {str(exc).strip().splitlines()[0]}.{hint}") from None
+            raise StorageError(f"cannot {what} storage {self.uri}: {str(exc).strip().splitlines()[0]}.{_hint(self.uri)}") from None
+
+
+def _hint(uri: str) -> str:
+    if uri.startswith("s3://"):
+        return (" Check the bucket and the AWS credentials; for S3-compatible servers set AWS_ENDPOINT_URL for the "
+                "driver and every Ray node.")
+    return ""
 
 
 def _remove(path: Path) -> None:

@@ -28,8 +28,16 @@ from raylsl.cli import main
     (["deepspeed=zero2"], "deepspeed='zero2' runs in Ray Train workers: set workers=1 or more"),
     (["workers=2", "deepspeed=zero9"], "deepspeed='zero9': use one of zero0, zero1, zero2, zero3"),
     (["workers=-1"], "workers=-1 must be >= 0"),
+    (["selector=ist", "data.val_size=0"], "selector=ist probes on the validation slice held out of train; set data.val_size > 0"),
+    (["gpus_per_worker=some"], "gpus_per_worker='some' must be auto or a number >= 0"),
+    (["worker_resources={gpu_a10: 0}"], "worker_resources.gpu_a10=0 must be a number > 0"),
+    (["storage=s3://bucket/x"], "cannot write storage s3://bucket/x: "),  # AWS_ENDPOINT_URL: a closed port
+    (["storage=ftp://host/dir"], "storage=ftp://host/dir is not a storage URI Ray understands"),
 ])
-def test_bad_input_is_one_clear_message(args, message, tmp_path, task_file, capsys):
+def test_bad_input_is_one_clear_message(args, message, tmp_path, task_file, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: refused at once
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     out_dir = tmp_path / "runs"
     base = ["train", "model=tiny-llama", f"task={task_file}", f"output_dir={out_dir}", "data.test_size=16",
             "data.val_size=8"]

@@ -99,7 +99,7 @@ def train_in_workers(plan: Plan, run: RunDir, progress: bool) -> dict[str, Any]:
     try:
         result = trainer.fit()
     except Exception as exc:
-        raise user_error(exc) or exc
+        raise user_error(exc, run.storage.uri) or exc
     with result.checkpoint.as_directory() as directory:
         for item in Path(directory).iterdir():
             if item.name not in ("adapter", OUTCOME) and not item.name.endswith(
@@ -113,8 +113,9 @@ def train_in_workers(plan: Plan, run: RunDir, progress: bool) -> dict[str, Any]:
     return outcome
 
 
-def user_error(exc: BaseException) -> RaylslError | None:
-    """The `RaylslError` a worker raised, found inside Ray's wrapping, as a plain one-line error."""
+def user_error(exc: BaseException, storage: str = "") -> RaylslError | None:
+    """The user-fixable failure inside Ray's wrapping of a worker error, as a one-line error: a
+    `RaylslError` a worker raised, or Ray's finding that the workers cannot reach the storage."""
     seen, stack = set(), [exc]
     while stack:
         err = stack.pop()
@@ -123,6 +124,10 @@ def user_error(exc: BaseException) -> RaylslError | None:
         seen.add(id(err))
         if isinstance(err, RaylslError):
             return RaylslError(str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
+        if "Unable to set up cluster storage" in str(err):
+            return RaylslError(f"the Ray Train workers cannot reach the run's storage {storage}: with workers on other "
+                               f"nodes, set storage= to a bucket (s3://bucket/prefix, gs://bucket/prefix) or to a path "
+                               f"every node mounts (NFS)")
         stack += list(getattr(err, "worker_failures", {}).values())
         stack += [getattr(err, "cause", None), getattr(err, "controller_failure", None), err.__cause__, err.__context__]
     return None

@@ -175,6 +175,14 @@ class Selector(ABC):
     """False for heuristics: their scores need no model forward pass and are never cached."""
     uses_budget: ClassVar[bool] = True
     """False for selectors that ignore n (all, list)."""
+    reads_validation: ClassVar[str | None] = None
+    """What the selector does with the validation slice, when it needs one (IST, Flexora)."""
+
+    @classmethod
+    def require_validation(cls, size: int) -> None:
+        """Raises `ConfigError` when a selector that needs the validation slice gets none."""
+        if cls.reads_validation and size == 0:
+            raise ConfigError(f"selector={cls.name} {cls.reads_validation}; set data.val_size > 0")
 
     def __init__(self, config: Any):
         self.config = config

@@ -214,8 +214,7 @@ class ISTConfig:
 class ISTCallback(ActiveBlocksCallback):
     def __init__(self, config: ISTConfig, ctx: TrainingContext):
         super().__init__(ctx)
-        if not ctx.validation:
-            raise ConfigError("selector=ist probes on the validation slice held out of train; set data.val_size > 0")
+        ISTSelector.require_validation(len(ctx.validation))
         self.config = config
         self.n_update = block_count(config.n_update, ctx.num_blocks, "ist.n_update")
         self.n_probe = block_count(config.n_probe, ctx.num_blocks, "ist.n_probe")
@@ -319,6 +318,7 @@ class _Dynamic(Selector):
 @register_selector
 class ISTSelector(_Dynamic):
     name, Config = "ist", ISTConfig
+    reads_validation = "probes on the validation slice held out of train"
 
     def training_callback(self, ctx: TrainingContext) -> ISTCallback:
         return ISTCallback(self.config, ctx)

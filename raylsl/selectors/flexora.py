@@ -68,6 +68,7 @@ def gates(alpha: torch.Tensor, variant: str = "paper") -> torch.Tensor:
 class FlexoraSelector(Selector):
     name = "flexora"
     Config = FlexoraConfig
+    reads_validation = "learns its gates on the validation slice"
     uses_budget = False  # without n, the rule is alpha > 0
 
     def cache_context(self, ctx: ScoringContext) -> dict[str, Any]:
@@ -92,8 +93,7 @@ class FlexoraSelector(Selector):
         return chosen
 
     def score(self, ctx: ScoringContext, num_blocks: int) -> LayerScores:
-        if not ctx.validation:
-            raise ConfigError("selector=flexora learns its gates on the validation slice; set data.val_size > 0")
+        self.require_validation(len(ctx.validation))
         cfg = self.config
         torch.manual_seed(ctx.seed)
         model = apply_lora(ctx.model, list(range(num_blocks)), ctx.lora, ctx.blocks_path, ctx.blocks,

@@ -237,7 +237,7 @@ def evaluate_front(report: SweepReport) -> SweepReport:
     """Test metrics of each front member that lacks them, from its adapter in storage
     (``test/<trial_id>.json``)."""
     from raylsl.config import load_config
-    from raylsl.recipes.evaluate import evaluate_adapter
+    from raylsl.evaluation import evaluate_adapter
 
     storage = report.storage
     missing = [row for row in report.pareto_front().itertuples() if not storage.is_file(f"test/{row.trial_id}.json")]

@@ -45,6 +45,13 @@ def cluster(tmp_path_factory):
         s3.stop()
         raise
     task = write_task(root / "colours.jsonl")
+    # A local model directory and a DeepSpeed JSON file that only the driver can read.
+    from raylsl.models import resolve_model
+
+    model, tokenizer = resolve_model("tiny-llama").load()
+    model.save_pretrained(root / "my-model")
+    tokenizer.save_pretrained(root / "my-model")
+    (root / "zero2.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     yield nodes, s3, root, task
     nodes.stop()
     s3.stop()
@@ -61,12 +68,14 @@ def _adapter(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "adapter" / "adapter_model.safetensors")
 
 
-@pytest.mark.parametrize("extra", [[], ["deepspeed=zero2"], ["selector=ist", "layers=all", "ist.n_update=2",
-                                                               "ist.interval=2", "ist.probe_batch_size=4"]],
-                         ids=["ddp", "zero2", "ist-ddp"])
-def test_train_in_workers_with_s3_storage(cluster, extra):
+@pytest.mark.parametrize("name, extra", [
+    ("ddp", ["model={root}/my-model"]),  # a model directory only the driver has: shipped through Ray
+    ("zero2", ["deepspeed={root}/zero2.json"]),  # a DeepSpeed file only the driver has: read there
+    ("ist", ["selector=ist", "layers=all", "ist.n_update=2", "ist.interval=2", "ist.probe_batch_size=4"]),
+])
+def test_train_in_workers_with_s3_storage(cluster, name, extra):
     nodes, s3, root, task = cluster
-    name = "run-" + (extra[0].split("=")[1] if extra else "ddp")
+    extra = [item.format(root=root) for item in extra]
     _ok(nodes.raylsl("train", *TRAIN, f"task={task}", f"output_dir={root / 'runs'}", f"name={name}",
                      "storage=s3://raylsl/runs", *extra))
     local = root / "runs" / name
@@ -85,15 +94,17 @@ def test_train_in_workers_with_s3_storage(cluster, extra):
     assert evaluated["acc"] == results["after"]["acc"] and evaluated["adapter"] == f"s3://raylsl/runs/{name}/adapter"
 
 
-def test_a_worker_side_user_error_is_one_line(cluster):
+def test_workers_that_cannot_reach_the_storage_say_so_in_one_line(cluster):
+    """The issue's first run: no storage= on a cluster whose workers are on another node."""
     nodes, _, root, task = cluster
-    done = nodes.raylsl("train", *TRAIN, f"task={task}", f"output_dir={root / 'runs'}", "name=bad",
-                        "selector=ist", "layers=all", "data.val_size=0")
+    done = nodes.raylsl("train", "--smoke", "model=tiny-llama", f"task={task}", f"output_dir={root / 'runs'}",
+                        "name=nostorage", "workers=2", "worker_resources={worker_node: 1}", "--no-progress")
     assert done.returncode == 2, done.stderr[-3000:]
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("raylsl: error: selector=ist probes on the validation slice"), done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    assert json.loads((root / "runs" / "bad" / "run.json").read_text())["status"] == "failed"
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "INFO" not in line]
+    assert lines == [f"raylsl: error: the Ray Train workers cannot reach the run's storage {root / 'runs' / 'nostorage'}: "
+                     "with workers on other nodes, set storage= to a bucket (s3://bucket/prefix, gs://bucket/prefix) or "
+                     "to a path every node mounts (NFS)"], done.stderr[-3000:]
+    assert json.loads((root / "runs" / "nostorage" / "run.json").read_text())["status"] == "failed"
 
 
 SPACE = """\

@@ -1,0 +1,35 @@
+"""Evaluating a saved adapter (or a base model) on a task split, wherever the adapter is stored:
+what ``raylsl eval`` and a sweep's test-split evaluation of its front both run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from raylsl.assemble import Assembled
+from raylsl.objective import make_objective
+from raylsl.plan import build_plan, local_device
+from raylsl.storage import Storage
+from raylsl.training.session import evaluate_assembled
+
+
+def evaluate_adapter(config, adapter: Storage | None, layers: list[int] | None, split: str,
+                     examples: list | None = None) -> dict[str, Any]:
+    """Every metric of the base model (``adapter=None``) or of a saved peft adapter (read from
+    wherever it is stored) on the ``split`` of the config's task (or of ``examples``, split by it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = None if adapter is None else adapter.local or adapter.download("", Path(tmp) / "adapter")
+        # A run's blocks are already chosen (its adapter holds them): no second selection.
+        plan, (model, tokenizer) = build_plan(config, name="eval", storage="", layers=layers or [], keep_model=True,
+                                              examples=examples)
+        model.to(local_device())
+        if local is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, local)
+        a = Assembled(plan, model, tokenizer, make_objective(plan.kind, tokenizer, config.data.max_length), None,
+                      local_device())
+        metrics = evaluate_assembled(a, getattr(plan.task, split), f"eval {split}")
+    return {"model": config.model, "task": config.task.name, "adapter": adapter.uri if adapter else None,
+            "split": split, **metrics}
