@@ -35,24 +35,26 @@ BASE = {"model": "smollm2-135m", "task": "sarcasm", "data.test_size": 50, "data.
         "train.checkpoint_every": 0, "eval_before": False}
 
 
-def _setup(layers: str, steps: int):
+def _setup(layers: str, steps: int, model_name: str, task: str):
+    """The run both tools train: raylsl's plan assembled here (seeded peft LoRA on the chosen
+    blocks; on GPU the frozen base in bf16)."""
     import torch
 
-    from raylsl.config import load_config
-    from raylsl.recipes.train import adapt, prepare
+    from raylsl.assemble import assemble_here
+    from raylsl.plan import load_run_config
 
-    config = load_config(None, {**BASE, "layers": layers, "train.steps": steps})
-    prepared = prepare(config)
-    model, _ = adapt(prepared)  # seeded peft LoRA on the chosen blocks
+    config = load_run_config(None, {**BASE, "model": model_name, "task": task, "layers": layers, "train.steps": steps})
+    prepared = assemble_here(config)
+    model = prepared.model
     model.train()
-    device = next(model.parameters()).device
-    return config, prepared, model, device, torch
+    return config, prepared, model, prepared.device, torch
 
 
-def run_raylsl(layers: str, steps: int) -> dict:
-    from raylsl.training.loop import Callback, peak_memory_mb, train_loop
+def run_raylsl(layers: str, steps: int, model_name: str, task: str) -> dict:
+    from raylsl.callbacks import Callback
+    from raylsl.training.loop import peak_memory_mb, train_loop
 
-    config, prepared, model, device, torch = _setup(layers, steps)
+    config, prepared, model, device, torch = _setup(layers, steps, model_name, task)
     ends: list[float] = []
     losses: list[float] = []
 
@@ -63,19 +65,20 @@ def run_raylsl(layers: str, steps: int) -> dict:
 
     with tempfile.TemporaryDirectory() as run_dir:
         ends.append(time.perf_counter())
-        train_loop(model, prepared.objective, prepared.task.train, config.train, Path(run_dir), (Clock(),),
+        train_loop(model, prepared.objective, prepared.plan.task.train, config.train, Path(run_dir), (Clock(),),
                    progress=False)
     return {"step_ends": ends, "first_loss": losses[0], "peak_memory_mb": peak_memory_mb(device),
             "layout": prepared.objective.layout, "device": _device_name(torch, device)}
 
 
-def run_trainer(layers: str, steps: int) -> dict:
+def run_trainer(layers: str, steps: int, model_name: str, task: str) -> dict:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from raylsl.training.loop import micro_batches, peak_memory_mb, reset_peak_memory
+    from raylsl.data import micro_batches
+    from raylsl.training.loop import peak_memory_mb, reset_peak_memory
 
-    config, prepared, model, device, torch = _setup(layers, steps)
-    objective, train = prepared.objective, prepared.task.train
+    config, prepared, model, device, torch = _setup(layers, steps, model_name, task)
+    objective, train = prepared.objective, prepared.plan.task.train
     rows = []
     for step in range(steps):  # raylsl's data order, step by step
         for index in micro_batches(len(train), step, config.train)[0]:
@@ -100,6 +103,7 @@ def run_trainer(layers: str, steps: int) -> dict:
             learning_rate=settings.lr, lr_scheduler_type="cosine", warmup_steps=settings.warmup_steps,
             weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm, optim="adamw_torch",
             logging_steps=1, save_strategy="no", report_to="none", use_cpu=device.type == "cpu",
+            bf16=device.type == "cuda",  # the same bf16 autocast raylsl trains under on GPU
             dataloader_num_workers=0, seed=settings.seed, disable_tqdm=True, remove_unused_columns=False,
             train_sampling_strategy="sequential")
         trainer = Trainer(model=model, args=args, train_dataset=rows,
@@ -127,18 +131,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=14)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each tool per configuration")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--task", default="sarcasm")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--upper", default=CONFIGS["upper 15 blocks"], help="the partial configuration's blocks")
     parser.add_argument("--one", nargs=2, metavar=("TOOL", "LAYERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         tool, layers = args.one
-        print(json.dumps((run_trainer if tool == "trainer" else run_raylsl)(layers, args.steps)))
+        print(json.dumps((run_trainer if tool == "trainer" else run_raylsl)(layers, args.steps, args.model, args.task)))
         return
     rows = {}
-    for name, layers in CONFIGS.items():
+    configs = {"all 30 blocks": "all", "upper 15 blocks": args.upper} if args.upper == CONFIGS["upper 15 blocks"] \
+        else {"all blocks": "all", f"blocks {args.upper}": args.upper}
+    for name, layers in configs.items():
         runs: dict[str, list[dict]] = {"trainer": [], "raylsl": []}
         for repeat in range(args.repeats):
             for tool in ("trainer", "raylsl"):
-                cmd = [sys.executable, __file__, "--one", tool, layers, "--steps", str(args.steps)]
+                cmd = [sys.executable, __file__, "--one", tool, layers, "--steps", str(args.steps), "--model", args.model,
+                       "--task", args.task]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 result["median_step_s"] = _median_step(result, args.warmup)
@@ -150,7 +161,7 @@ def main() -> None:
         rows[name] = {"layers": layers, "runs": runs, "time_ratio": statistics.mean(ratios),
                       "time_ratios": ratios, "memory_ratio": statistics.mean(memory), "memory_ratios": memory}
     device = rows[next(iter(rows))]["runs"]["raylsl"][0]["device"]
-    print(f"\nraylsl vs HF Trainer + peft, SmolLM2-135M + sarcasm, batch 16, {args.steps - args.warmup - 1} timed "
+    print(f"\nraylsl vs HF Trainer + peft, {args.model} + {args.task}, batch 16, {args.steps - args.warmup - 1} timed "
           f"step intervals x {args.repeats} runs each, device {device}")
     print(f"{'configuration':<16} {'Trainer s/step':>14} {'raylsl s/step':>13} {'time ratio':>16} "
           f"{'Trainer MB':>10} {'raylsl MB':>9} {'memory ratio':>12} {'first loss T / r':>18}")
@@ -163,9 +174,9 @@ def main() -> None:
         losses = f"{row['runs']['trainer'][0]['first_loss']:.4f} / {row['runs']['raylsl'][0]['first_loss']:.4f}"
         print(f"{name:<16} {t:>14.2f} {r:>13.2f} {spread:>16} {tm:>10.0f} {rm:>9.0f} {row['memory_ratio']:>12.2f} "
               f"{losses:>18}")
-    OUT.write_text(json.dumps({"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+    args.out.write_text(json.dumps({"model": args.model, "task": args.task, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
                                "device": device, "rows": rows}, indent=2))
-    print(f"\nwritten {OUT}")
+    print(f"\nwritten {args.out}")
 
 
 if __name__ == "__main__":

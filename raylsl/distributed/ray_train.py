@@ -203,7 +203,6 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
     engine = _engine(a, world, ds_config)
     with tempfile.TemporaryDirectory() as out:
         outcome = run_session(a, Path(out), engine, ReportCheckpoints(rank, Path(out)), rank, world, cfg["progress"])
-        outcome.update(workers=world, device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
         if fractions is not None:
             outcome["zero3_base_fraction_per_rank"] = fractions
         if rank == 0:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from raylsl.assemble import Assembled
 from raylsl.lora import adapted_blocks, count_trainable
 from raylsl.objective import evaluate
@@ -46,4 +48,5 @@ def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0,
     after = evaluate_assembled(a, getattr(task, config.eval_split), "eval after", progress, rank, world)
     return {"before": before, "after": after, "train": loop, "params": count_trainable(a.model),
             "adapted_blocks": adapted_blocks(a.model, a.plan.blocks_path),
-            "dynamic": a.dynamic.summary() if a.dynamic else None}
+            "dynamic": a.dynamic.summary() if a.dynamic else None, "workers": world,
+            "device": torch.cuda.get_device_name(a.device) if a.device.type == "cuda" else a.device.type}
