@@ -25,6 +25,7 @@ Every decision is made on rank 0 and broadcast, so all data-parallel ranks train
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,33 @@ def ist_update(importance: torch.Tensor, subsets: list[list[int]], losses: list[
     return new
 
 
+def probe_subsets(importance: torch.Tensor, n_probe: int, n_candidates: int, variant: str,
+                  generator: torch.Generator) -> list[list[int]]:
+    """The N_c candidate subsets of N_v blocks for one importance update.
+
+    ``paper``: uniform draws (Eq. 8 samples subsets at random; its I means "worth training", so a
+    uniform probe is what credits every block fairly). ``reference`` (antgroup's ist.py): each
+    subset is ``multinomial(sigmoid(I), N_v)`` without replacement, so blocks it believes safe to
+    suppress are suppressed more often, and a subset equal to one already drawn in this update is
+    drawn again (not when fewer distinct subsets exist than N_c; given up after 10,000 tries, which
+    only importances hundreds of units apart can reach).
+    """
+    L = importance.numel()
+    tries = 10_000 if math.comb(L, n_probe) >= n_candidates else 1
+    subsets: list[list[int]] = []
+    for _ in range(n_candidates):
+        for _attempt in range(tries):
+            if variant == "reference":
+                draw = torch.multinomial(torch.sigmoid(importance.double()), n_probe, generator=generator)
+            else:
+                draw = torch.randperm(L, generator=generator)[:n_probe]
+            subset = sorted(draw.tolist())
+            if variant != "reference" or subset not in subsets:
+                break
+        subsets.append(subset)
+    return subsets
+
+
 @dataclass(frozen=True)
 class ISTConfig:
     n_update: int | float = 0.25
@@ -197,8 +225,9 @@ class ISTConfig:
     probe_batch_size: int = 16
     """Examples per probe batch, drawn from the validation slice held out of train."""
     variant: str = "paper"
-    """paper, or reference: suppress and credit the sampled subset, train blocks drawn by
-    multinomial(sigmoid(-I)), and scale the update by sigmoid'(I), as antgroup's ist.py does."""
+    """paper, or reference: draw probe subsets by multinomial(sigmoid(I)) without repeats, suppress
+    and credit the sampled subset, train blocks drawn by multinomial(sigmoid(-I)), and scale the
+    update by sigmoid'(I), as antgroup's ist.py does."""
 
     def __post_init__(self) -> None:
         if self.variant not in ("paper", "reference"):
@@ -243,8 +272,7 @@ class ISTCallback(ActiveBlocksCallback):
         picks = torch.randperm(len(self.ctx.validation), generator=self.generator)[: cfg.probe_batch_size]
         batch = self.ctx.objective.batch([self.ctx.validation[i] for i in picks])
         batch = to_device(batch, next(model.parameters()).device)
-        subsets = [sorted(torch.randperm(L, generator=self.generator)[: self.n_probe].tolist())
-                   for _ in range(cfg.n_candidates)]
+        subsets = probe_subsets(self.importance, self.n_probe, cfg.n_candidates, cfg.variant, self.generator)
         losses = []
         was_training = model.training
         model.eval()

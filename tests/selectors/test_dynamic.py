@@ -12,7 +12,7 @@ from raylsl.models import find_blocks, resolve_model
 from raylsl.objective import make_objective
 from raylsl.recipes import train as recipe
 from raylsl.selectors import TrainingContext, build_selector
-from raylsl.selectors.dynamic import ISTCallback, ISTConfig, LisaCallback, LisaConfig, ist_update
+from raylsl.selectors.dynamic import ISTCallback, ISTConfig, LisaCallback, LisaConfig, ist_update, probe_subsets
 from raylsl.selectors.lora_blocks import lora_modules_by_block, lora_params_by_block, scaled_lora
 from raylsl.callbacks import Callback
 from raylsl.assemble import seed_everything
@@ -54,6 +54,43 @@ def test_ist_reference_update_scales_by_sigmoid_slope():
             expected[i] += 5.0 * reward * slope[i]
     new = ist_update(start, subsets, losses, 5.0, variant="reference")
     assert torch.allclose(new, torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+
+
+def test_reference_probe_subsets_follow_multinomial_sigmoid_importance():
+    """antgroup's ist.py: subset ~ multinomial(sigmoid(I), N_v) without replacement. For L=3,
+    N_v=2 the chance of suppressing {i, j} is w_i/W * w_j/(W - w_i) + w_j/W * w_i/(W - w_j), W = sum w."""
+    importance = torch.tensor([2.0, 0.0, -2.0], dtype=torch.float64)
+    w = torch.sigmoid(importance).tolist()
+    W = sum(w)
+
+    def p(i, j):
+        return w[i] / W * w[j] / (W - w[i]) + w[j] / W * w[i] / (W - w[j])
+
+    expected = {(0, 1): p(0, 1), (0, 2): p(0, 2), (1, 2): p(1, 2)}
+    assert abs(sum(expected.values()) - 1) < 1e-12
+    generator = torch.Generator().manual_seed(0)
+    draws = 20000
+    counts = {k: 0 for k in expected}
+    for _ in range(draws):  # one candidate per update: no redraw rule involved
+        counts[tuple(probe_subsets(importance, 2, 1, "reference", generator)[0])] += 1
+    for subset, prob in expected.items():
+        sd = (prob * (1 - prob) / draws) ** 0.5
+        assert abs(counts[subset] / draws - prob) < 4 * sd, (subset, counts[subset] / draws, prob)
+    # paper variant: uniform, each pair 1/3
+    uniform = {k: 0 for k in expected}
+    for _ in range(6000):
+        uniform[tuple(probe_subsets(importance, 2, 1, "paper", generator)[0])] += 1
+    assert all(abs(c / 6000 - 1 / 3) < 4 * (2 / 9 / 6000) ** 0.5 for c in uniform.values())
+
+
+def test_reference_probe_subsets_redraw_repeats_within_an_update():
+    generator = torch.Generator().manual_seed(1)
+    importance = torch.tensor([3.0, 3.0, -3.0], dtype=torch.float64)  # {0, 1} is drawn ~87% of the time
+    for _ in range(200):
+        subsets = probe_subsets(importance, 2, 3, "reference", generator)
+        assert sorted(map(tuple, subsets)) == [(0, 1), (0, 2), (1, 2)]  # 3 distinct of the 3 that exist
+    # fewer distinct subsets than candidates: gives up redrawing instead of looping forever
+    assert probe_subsets(importance, 3, 2, "reference", generator) == [[0, 1, 2], [0, 1, 2]]
 
 
 def test_ist_sampling_respects_n_update_and_follows_importance(splits):
