@@ -34,20 +34,16 @@ def measure(model: str, layers: str, steps: int, warmup: int, batch_size: int) -
     """One configuration, in this process."""
     import torch
 
-    from raylsl.config import load_config
-    from raylsl.recipes.train import prepare
-    from raylsl.lora import apply_lora, count_trainable
-    from raylsl.models import find_blocks
-    from raylsl.assemble import seed_everything
+    from raylsl.assemble import assemble_here
+    from raylsl.lora import count_trainable
+    from raylsl.plan import load_run_config
     from raylsl.training.loop import train_loop
 
-    config = load_config(None, {"model": model, "layers": layers, "data.test_size": 50, "data.val_size": 10,
+    config = load_run_config(None, {"model": model, "layers": layers, "data.test_size": 50, "data.val_size": 10,
                                 "data.max_length": 64, "train.steps": steps, "train.batch_size": batch_size,
                                 "train.checkpoint_every": 0, "train.warmup_steps": 1})
-    prepared = prepare(config)
-    seed_everything(0)
-    lora = apply_lora(prepared.model, prepared.layers, config.lora, prepared.blocks_path,
-                      find_blocks(prepared.model, prepared.blocks_path)[1], prepared.spec.kind)
+    prepared = assemble_here(config)  # seeded LoRA on the chosen blocks, on this machine's accelerator
+    lora = prepared.model
     cuda = torch.cuda.is_available()
     baseline = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mb()
     peak, done = [baseline], threading.Event()
@@ -63,7 +59,7 @@ def measure(model: str, layers: str, steps: int, warmup: int, batch_size: int) -
     else:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as run_dir:
-        train_loop(lora, prepared.objective, prepared.task.train, config.train, Path(run_dir), progress=False)
+        train_loop(lora, prepared.objective, prepared.plan.task.train, config.train, Path(run_dir), progress=False)
         times = [json.loads(line)["step_time_s"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     done.set()
     if cuda:

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from raylsl.config import load_config
-from raylsl.recipes.train import format_layers, train
+from raylsl.recipes.train import train
+from raylsl.results import format_layers
 
 OUT = Path(__file__).with_suffix(".json")
 SELECTORS = ("cka", "activation", "gradient", "first", "last", "random")

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from raylsl.recipes.train import adapt, prepare
 from raylsl.report import hypervolume_2d, load
 from raylsl.sweep.run import evaluate_front, sweep
 
@@ -105,12 +104,12 @@ def summarise(run_dir: Path, max_params: float) -> dict:
 
 def _all_blocks_params(space: dict, rank: int) -> float:
     """Trainable parameters of LoRA on every block at ``rank`` (the largest point in the space)."""
-    from raylsl.config import load_config
+    from raylsl.assemble import assemble_here
     from raylsl.lora import count_trainable
+    from raylsl.plan import load_run_config
 
-    config = load_config(str((HERE / space["base"]).resolve()), {"layers": "all", "lora.r": rank})
-    model, _ = adapt(prepare(config))
-    return float(count_trainable(model)["trainable"])
+    config = load_run_config(str((HERE / space["base"]).resolve()), {"layers": "all", "lora.r": rank})
+    return float(count_trainable(assemble_here(config).model)["trainable"])
 
 
 if __name__ == "__main__":

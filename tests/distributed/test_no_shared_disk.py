@@ -22,8 +22,7 @@ from safetensors.torch import load_file
 from tests.conftest import write_task
 from tests.distributed.two_node import VENV_BIN, S3Server, TwoNodeCluster, can_make_mount_namespaces
 
-pytest.importorskip("moto")
-pytest.importorskip("ray")
+import moto.server  # noqa: F401,E402  (the test extra installs it: missing, this module must fail, not skip)
 if not can_make_mount_namespaces():
     pytest.skip("needs root and `unshare --mount` to give the worker node its own view of the disk",
                 allow_module_level=True)
