@@ -9,6 +9,7 @@ the space file names an RDB URL (``optuna_storage:``), which is then used direct
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -34,22 +35,70 @@ def make_sampler(name: str, seed: int, n_startup_trials: int | None = None):
                                                     {"n_startup_trials": n_startup_trials}))
 
 
+def run_signature(config: dict[str, Any]) -> str:
+    """What a trial's sampled values resolve to as a run (`trial_overrides`: ``n`` where its
+    selector reads it, nothing for plain LoRA on all blocks), as a comparable string."""
+    from ray.tune.utils import flatten_dict
+
+    from raylsl.sweep.space import trial_overrides
+
+    flat = trial_overrides(flatten_dict(config, delimiter="."))
+    return json.dumps({k: round(v, 12) if isinstance(v, float) else v for k, v in sorted(flat.items())})
+
+
+MAX_REPEATS = 50
+"""Proposals in a row that all repeat finished trials before the space counts as exhausted."""
+
+
 class ParetoOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a failed or metric-less trial as FAIL in the study, and exports
-    the study after each trial.
+    """OptunaSearch that records a failed or metric-less trial as FAIL in the study, answers a
+    proposal that repeats a finished trial from that trial's result instead of training it again,
+    and exports the study after each trial.
 
     Ray's multi-objective path passes ``[None, None]`` to ``study.tell`` for a trial that errored,
     which Optuna rejects; Ray only logs that, and the study would keep the trial RUNNING forever.
+    TPE proposes the same configuration again now and then (twice in a 16-trial SmolLM2 sweep):
+    such a proposal is told to Optuna with the finished trial's values and the next one is asked
+    for, so every Tune trial trains a configuration no finished trial has.
     """
 
     def __init__(self, *args, export_to: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.export_to = export_to
         """Storage URI of the sweep; ``optuna.db`` is written there."""
+        self._signatures: dict[str, str] = {}
+        """Tune trial id -> its run signature, for trials in flight."""
+        self.finished: dict[str, dict[str, Any]] = {}
+        """Run signature -> {"trial_id", "values"} of each trial that finished with metrics."""
+        self.repeats: list[dict[str, Any]] = []
+        """Proposals answered from a finished trial: {"config", "answered_by"}."""
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        for _ in range(MAX_REPEATS):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config
+            signature = run_signature(config)
+            done = self.finished.get(signature)
+            if done is None:
+                self._signatures[trial_id] = signature
+                return config
+            # Told as a finished trial of its own (Optuna learns the point again, as if trained),
+            # then forgotten, so that the next super().suggest asks Optuna afresh.
+            self._ot_study.tell(self._ot_trials.pop(trial_id), done["values"])
+            self.repeats.append({"config": config, "answered_by": done["trial_id"]})
+            print(f"raylsl: the proposed trial {signature} repeats finished trial {done['trial_id']}: "
+                  f"answered from its result, not trained again", flush=True)
+        print(f"raylsl: {MAX_REPEATS} proposals in a row repeated finished trials: the space is exhausted",
+              flush=True)
+        return self.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         values = [(result or {}).get(metric) for metric in self.metric]
         ok = not error and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        signature = self._signatures.pop(trial_id, None)
+        if ok and signature is not None and trial_id not in self._completed_trials:
+            self.finished[signature] = {"trial_id": trial_id, "values": [float(v) for v in values]}
         if ok or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             super().on_trial_complete(trial_id, result, error)
         else:

@@ -1,0 +1,72 @@
+"""The sweep's searcher on its own (no Tune run): repeated proposals are answered, not trained."""
+
+import optuna
+import pytest
+
+from raylsl.sweep.search import ParetoOptunaSearch, make_sampler, run_signature
+from raylsl.sweep.space import load_space
+
+pytest.importorskip("ray.tune")
+
+SPACE = """\
+trials: 8
+parameters:
+  selector: {choices: [all, last]}
+  n: {choices: [1, 2]}
+  lora.r: {choices: [4]}
+"""
+
+
+def _searcher(tmp_path, sampler="random"):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    space = load_space(tmp_path / "space.yaml")
+    return ParetoOptunaSearch(space=space, metric=["val_acc", "trainable_params"], mode=["max", "min"],
+                              sampler=make_sampler(sampler, 0))
+
+
+def test_signature_is_the_resolved_run():
+    # n means nothing to plain LoRA on every block: all with n=1 and with n=2 are one run
+    assert run_signature({"selector": "all", "n": 1, "lora": {"r": 4}}) == \
+        run_signature({"selector": "all", "n": 2, "lora": {"r": 4}})
+    assert run_signature({"selector": "last", "n": 1, "lora": {"r": 4}}) != \
+        run_signature({"selector": "last", "n": 2, "lora": {"r": 4}})
+
+
+def test_a_repeated_proposal_is_answered_from_the_finished_trial(tmp_path, capsys):
+    search = _searcher(tmp_path)
+    trained, values = {}, {}
+    for i in range(3):  # the space holds 3 distinct runs: all, last n=1, last n=2
+        trial_id = f"t{i}"
+        config = search.suggest(trial_id)
+        assert isinstance(config, dict), config
+        signature = run_signature(config)
+        assert signature not in trained  # never trains a configuration a finished trial has
+        trained[signature] = trial_id
+        values[trial_id] = {"val_acc": 0.5 + i / 10, "trainable_params": 100 * (i + 1)}
+        search.on_trial_complete(trial_id, values[trial_id])
+    assert len(trained) == 3
+    # every further proposal repeats one of the three: answered, and the space reported exhausted
+    assert search.suggest("t3") == search.FINISHED
+    assert "the space is exhausted" in capsys.readouterr().out
+    study = search.study
+    states = {t.state for t in study.trials}
+    assert states == {optuna.trial.TrialState.COMPLETE}  # nothing left RUNNING
+    assert len(study.trials) == 3 + len(search.repeats) and len(search.repeats) >= 50
+    for repeat in search.repeats:  # told with exactly the values of the trial it repeats
+        done = values[repeat["answered_by"]]
+        told = next(t for t in study.trials if t.params == _flat_params(repeat["config"]))
+        assert told.values == [done["val_acc"], done["trainable_params"]]
+        assert run_signature(repeat["config"]) == next(s for s, t in trained.items() if t == repeat["answered_by"])
+
+
+def test_a_failed_trial_is_not_an_answer(tmp_path):
+    search = _searcher(tmp_path)
+    first = search.suggest("t0")
+    search.on_trial_complete("t0", None, error=True)
+    assert run_signature(first) not in search.finished  # its configuration may be proposed and trained again
+
+
+def _flat_params(config):
+    from ray.tune.utils import flatten_dict
+
+    return flatten_dict(config, delimiter=".")
