@@ -104,6 +104,7 @@ def _sweep_module():
 def _print_report(report) -> None:
     trials = report.trials
     failed = trials[trials["status"] != "TERMINATED"]
+    print(report.recommend()["text"] + "\n")
     print(report.front_table())
     print(f"{len(trials)} trials, {len(failed)} failed or unfinished; front: {len(report.pareto_front())} trials")
     for row in failed.itertuples():

@@ -172,6 +172,10 @@ class RunConfig:
     """Evaluate the base model on the test split before training."""
     eval_split: str = "test"
     """Split the trained adapter is evaluated on: test, or validation (sweep trials never see test)."""
+    tracking: str = "none"
+    """none, or tensorboard: the run's scalars and chosen blocks as TensorBoard events (rank 0)."""
+    tracking_uri: str | None = None
+    """Where tracking writes; None: RUN_DIR/tensorboard."""
 
     def __post_init__(self) -> None:
         if self.selector is not None and self.layers != "all":
@@ -179,6 +183,8 @@ class RunConfig:
         _check(self.workers >= 0, "workers", self.workers, "must be >= 0 (0 trains in this process)")
         _check(self.max_failures >= 0, "max_failures", self.max_failures, "must be >= 0")
         _check(self.eval_split in ("test", "validation"), "eval_split", self.eval_split, "must be test or validation")
+        _check(self.tracking in ("none", "tensorboard"), "tracking", self.tracking,
+               "must be none or tensorboard (MLflow is not built yet)")
         _check(self.deepspeed is None or self.workers > 0, "deepspeed", self.deepspeed,
                "runs in Ray Train workers: set workers=1 or more")
         _check(self.gpus_per_worker == "auto" or (not isinstance(self.gpus_per_worker, str) and self.gpus_per_worker >= 0),

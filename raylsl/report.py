@@ -4,6 +4,7 @@
     report.trials            # every trial (pandas DataFrame), failed ones with their error
     report.pareto_front()    # the non-dominated finished trials: max validation accuracy, min parameters
     report.plot("front.png")
+    report.recommend(eps=0.01)  # the fewest parameters within eps of all blocks, with bootstrap intervals
 
 The trials come from Ray Tune's own records of the experiment (``tune/`` in the sweep's storage),
 with each trial's final checkpoint (its adapter and results); the Optuna study is not consulted, so
@@ -18,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -135,6 +136,50 @@ class SweepReport:
         plt.close(fig)
         return fig
 
+    def recommend(self, eps: float = 0.01, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+        """Which blocks to train: the finished trial with the fewest trainable parameters whose
+        validation accuracy is within ``eps`` of the all-block baseline's (at least baseline - eps),
+        ties to the higher accuracy, so it is a front member.
+
+        Returns the trial's row as a dict with ``val_ci``, ``baseline_val_acc``, ``baseline_ci`` and
+        ``diff_ci``: 95% percentile intervals from a paired bootstrap over the validation examples
+        (every trial is validated on the same examples; ``None`` when a trial's results hold no
+        per-example record), and ``text``, the sentence ``pareto.md`` and ``raylsl report`` open
+        with. ``trial_id`` is None when there is no baseline, or when no trial with fewer
+        parameters than the baseline is within ``eps`` (then: train all blocks).
+        """
+        done = self.trials[self.trials["status"] == "TERMINATED"]
+        base = self.baseline()
+        if base.empty:
+            return {"trial_id": None, "eps": eps,
+                    "text": "No recommendation: the all-block baseline trial did not finish."}
+        baseline = base.sort_values("val_acc", ascending=False).iloc[0]
+        within = done[done["val_acc"] >= baseline["val_acc"] - eps - 1e-12]
+        pick = within.sort_values(["trainable_params", "val_acc"], ascending=[True, False]).iloc[0]
+        if pick["trainable_params"] >= baseline["trainable_params"]:
+            return {"trial_id": None, "eps": eps, "baseline_val_acc": float(baseline["val_acc"]),
+                    "text": f"No trial with fewer trainable parameters than all-block LoRA is within {eps:g} of "
+                            f"its validation accuracy ({baseline['val_acc']:.3f}): train all blocks."}
+        ours, theirs = _per_example(pick["checkpoint"]), _per_example(baseline["checkpoint"])
+        out = {**{k: _plain(v) for k, v in pick.to_dict().items()}, "eps": eps,
+               "baseline_val_acc": float(baseline["val_acc"]), "baseline_trainable_params": int(baseline["trainable_params"]),
+               "val_ci": None, "baseline_ci": None, "diff_ci": None, "n_val": None}
+        if ours is not None and theirs is not None and len(ours) == len(theirs) and len(ours) > 0:
+            rng = np.random.default_rng(seed)
+            index = rng.integers(0, len(ours), size=(n_boot, len(ours)))
+            a, b = ours[index].mean(1), theirs[index].mean(1)
+            out.update(val_ci=_interval(a), baseline_ci=_interval(b), diff_ci=_interval(a - b), n_val=len(ours))
+        ci = (lambda key: f" [{out[key][0]:.3f}, {out[key][1]:.3f}]" if out[key] else "")
+        test = "" if _missing(pick["test_acc"]) else f"; test acc {pick['test_acc']:.3f}"
+        how = (f"95% paired bootstrap over {out['n_val']} validation examples" if out["n_val"]
+               else "no per-example validation record: no intervals")
+        out["text"] = (f"Recommended (within {eps:g} of all blocks): {pick['selector']}, blocks {pick['blocks']}, "
+                       f"rank {pick['rank']}: {int(pick['trainable_params']):,} trainable parameters "
+                       f"({pick['pct_of_all_blocks']:.1f}% of all-block LoRA); val acc {pick['val_acc']:.3f}"
+                       f"{ci('val_ci')} vs all blocks {baseline['val_acc']:.3f}{ci('baseline_ci')}, difference "
+                       f"{pick['val_acc'] - baseline['val_acc']:+.3f}{ci('diff_ci')} ({how}){test}.")
+        return out
+
     def front_table(self) -> str:
         """The front as a Markdown table (what ``pareto.md`` holds)."""
         front = self.pareto_front()
@@ -154,8 +199,9 @@ class SweepReport:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         paths = [self.run_dir / "pareto.csv", self.run_dir / "pareto.md", self.run_dir / "pareto.png"]
         trials.to_csv(paths[0], index=False)
-        paths[1].write_text(f"# Pareto front: {self.run_dir.name}\n\nMaximise validation accuracy, minimise "
-                            f"trainable parameters; {len(trials)} trials.\n\n" + self.front_table())
+        paths[1].write_text(f"# Pareto front: {self.run_dir.name}\n\n{self.recommend()['text']}\n\n"
+                            f"Maximise validation accuracy, minimise trainable parameters; {len(trials)} trials.\n\n"
+                            + self.front_table())
         self.plot(paths[2])
         RunDir(self.run_dir, self.storage).sync(*(p.name for p in paths))
         return paths
@@ -221,6 +267,26 @@ def _trial_row(trial, storage: Storage) -> dict:
         "train_time_s": last.get("train_time_s", math.nan), "selection_time_s": last.get("selection_time_s", math.nan),
         "checkpoint": checkpoint if finished else "", "params": json.dumps(params, sort_keys=True), "error": error,
     }
+
+
+def _per_example(checkpoint: str) -> np.ndarray | None:
+    """A finished trial's per-example validation accuracy (from ``results.json`` in its checkpoint)."""
+    if not checkpoint:
+        return None
+    storage = Storage(checkpoint)
+    if not storage.is_file("results.json"):
+        return None
+    record = (storage.read_json("results.json").get("after_per_example") or {}).get("acc")
+    return None if record is None else np.asarray(record, dtype=float)
+
+
+def _interval(samples: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _uri(checkpoint) -> str:

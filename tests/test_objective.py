@@ -79,6 +79,18 @@ def test_evaluate_metrics_match_hand_computation(llama):
     assert abs(metrics["loss"] - nll / tokens) < 1e-5
 
 
+def test_per_example_accuracy_is_in_the_callers_order(llama):
+    """Evaluation sorts by length; the per-example record (for bootstrap intervals) must not."""
+    model, tok = llama
+    examples = [MCExample(f"Item {i}: " + "word " * (i * 5 % 11), ("yes", "no"), i % 2) for i in range(13)]
+    obj = DecoderMC(tok, 64)
+    metrics = evaluate(model, obj, examples, batch_size=4, per_example=True)
+    alone = [evaluate(model, obj, [ex], batch_size=1)["acc"] for ex in examples]
+    assert metrics["per_example"]["acc"] == alone
+    assert sum(alone) / len(alone) == metrics["acc"]
+    assert len(set(alone)) == 2  # both outcomes occur, so an order mix-up would show
+
+
 @pytest.mark.parametrize("layout", ["packed", "padded", "full"])
 def test_decoder_loss_is_answer_tokens_only_in_every_layout(llama, layout):
     model, tok = llama

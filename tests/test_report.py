@@ -60,3 +60,74 @@ def test_hypervolume_2d_by_hand():
     # Two staircase points above (0, 0): 2x1 + 1x(3-1) = 4.
     assert hypervolume_2d(np.array([[2.0, 1.0], [1.0, 3.0], [0.5, 0.5]]), (0.0, 0.0)) == pytest.approx(4.0)
     assert hypervolume_2d(np.empty((0, 2)), (0.0, 0.0)) == 0.0
+
+
+# --- recommend ------------------------------------------------------------------------------------
+
+def _report(tmp_path, rows, per_example):
+    """A SweepReport over synthetic trials; each finished trial's checkpoint holds a results.json
+    with its per-example validation accuracy."""
+    import json
+
+    import pandas as pd
+
+    from raylsl.report import COLUMNS, SweepReport
+
+    full = []
+    for i, row in enumerate(rows):
+        checkpoint = tmp_path / f"ckpt-{i}"
+        if row.get("status", "TERMINATED") == "TERMINATED":
+            checkpoint.mkdir()
+            (checkpoint / "results.json").write_text(json.dumps({"after_per_example": {"acc": per_example[i]}}))
+        full.append({"trial": i, "trial_id": f"t{i}", "status": "TERMINATED", "n": None, "rank": 4, "blocks": f"b{i}",
+                     "pct_of_all_blocks": 100.0 * row["trainable_params"] / rows[0]["trainable_params"],
+                     "test_acc": float("nan"), "train_time_s": 1.0, "selection_time_s": 0.0,
+                     "checkpoint": str(checkpoint), "params": "{}", "error": "", **row})
+    return SweepReport(tmp_path, pd.DataFrame(full, columns=COLUMNS))
+
+
+def _correct(n, k):
+    """n examples, the first k right."""
+    return [1.0] * k + [0.0] * (n - k)
+
+
+def test_recommend_takes_the_fewest_parameters_within_eps_of_all_blocks(tmp_path):
+    n = 400
+    rows = [{"selector": "all", "trainable_params": 1000, "val_acc": 0.70},
+            {"selector": "cka", "trainable_params": 300, "val_acc": 0.695},    # within 0.01
+            {"selector": "last", "trainable_params": 300, "val_acc": 0.6975},  # same size, better: the pick
+            {"selector": "first", "trainable_params": 100, "val_acc": 0.68},   # smaller, but 0.02 below
+            {"selector": "ist", "trainable_params": 50, "val_acc": 0.99, "status": "ERROR"}]  # not finished
+    per = [_correct(n, 280), _correct(n, 278), _correct(n, 279), _correct(n, 272), None]
+    pick = _report(tmp_path, rows, per).recommend(eps=0.01)
+    assert pick["trial_id"] == "t2" and pick["selector"] == "last" and pick["baseline_val_acc"] == 0.70
+    assert pick["n_val"] == n
+    # the percentile interval of a bootstrapped mean of 0/1 values is about p +- 1.96 sqrt(p(1-p)/n)
+    half = 1.96 * (0.6975 * 0.3025 / n) ** 0.5
+    assert abs(pick["val_ci"][0] - (0.6975 - half)) < 0.01 and abs(pick["val_ci"][1] - (0.6975 + half)) < 0.01
+    # paired: the records differ on one example only, so a resample's difference is -k/n, k the
+    # number of times it drew that example (~Poisson(1): P(k >= 4) = 0.019 < 2.5% <= P(k >= 3) = 0.080)
+    assert pick["diff_ci"][1] == 0.0 and -4 / n <= pick["diff_ci"][0] <= -3 / n
+    assert pick["text"].startswith("Recommended (within 0.01 of all blocks): last, blocks b2")
+    (tmp_path / "wider").mkdir()
+    assert _report(tmp_path / "wider", rows, per).recommend(eps=0.03)["trial_id"] == "t3"
+
+
+def test_recommend_says_plainly_when_nothing_smaller_is_close_enough(tmp_path):
+    rows = [{"selector": "all", "trainable_params": 1000, "val_acc": 0.80},
+            {"selector": "cka", "trainable_params": 300, "val_acc": 0.70}]
+    out = _report(tmp_path, rows, [_correct(10, 8), _correct(10, 7)]).recommend(eps=0.01)
+    assert out["trial_id"] is None and "train all blocks" in out["text"]
+    (tmp_path / "no-baseline").mkdir()
+    no_base = _report(tmp_path / "no-baseline", rows[1:], [_correct(10, 7)]).recommend()
+    assert no_base["trial_id"] is None and "baseline" in no_base["text"]
+
+
+def test_pareto_md_opens_with_the_recommendation(tmp_path):
+    rows = [{"selector": "all", "trainable_params": 1000, "val_acc": 0.70},
+            {"selector": "cka", "trainable_params": 300, "val_acc": 0.70}]
+    report = _report(tmp_path, rows, [_correct(20, 14), _correct(20, 14)])
+    report.write()
+    lines = (tmp_path / "pareto.md").read_text().splitlines()
+    assert lines[2].startswith("Recommended (within 0.01 of all blocks): cka")
+    assert "difference +0.000 [0.000, 0.000]" in lines[2]  # identical records: a zero-width paired interval

@@ -72,3 +72,21 @@ def test_concurrent_first_use_of_smollm2_converts_once(tmp_path):
     assert all("loaded 134515008" in out for out in outputs), outputs
     models = tmp_path / "cache" / "models"
     assert sorted(p.name for p in models.iterdir() if not p.name.startswith(".")) == ["smollm2-135m"]
+
+
+@pytest.mark.parametrize("task", ["sarcasm", "quartz"])
+def test_one_pass_per_context_scores_smollm2_exactly_like_full_scoring(task):
+    """Issue 12's equivalence on the real model: sarcasm (single-token choices: one forward per
+    example) and quartz (multi-token choices: the context's KV cache reused), 200 test examples."""
+    from raylsl.models import resolve_model
+    from raylsl.objective import DecoderMC, evaluate
+
+    model, tokenizer = resolve_model("smollm2-135m").load()
+    examples = load_task(TaskSettings(name=task), DataSettings()).test[:200]
+    fast, full = DecoderMC(tokenizer, 64), DecoderMC(tokenizer, 64)
+    full.cached_scoring = False
+    a, b = evaluate(model, fast, examples, 32, per_example=True), evaluate(model, full, examples, 32, per_example=True)
+    assert fast.cached_scoring is True  # the verification on the first batch kept the fast path
+    assert a["acc"] == b["acc"] and a["acc_norm"] == b["acc_norm"]
+    assert a["per_example"] == b["per_example"]
+    assert abs(a["loss"] - b["loss"]) < 1e-4

@@ -138,3 +138,34 @@ def test_encoder_run_trains_head_and_adapters(tiny_config):
     assert results["adapted_blocks"] == [0, 3]
     assert results["params"]["head"] == 33 and set(results["after"]) == {"acc", "loss", "perplexity", "n"}
     assert evaluate_target(results["run_dir"], [])["acc"] == results["after"]["acc"]
+
+
+def test_resume_from_the_storage_uri_alone(tiny_config, monkeypatch, tmp_path):
+    """`raylsl train --resume s3://...` on a machine without the run directory (here: deleted)."""
+    import shutil
+
+    from tests.distributed.two_node import S3Server
+
+    s3 = S3Server(tmp_path)
+    try:
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        config = tiny_config(name="s3crash", train__steps=4, train__checkpoint_every=2, storage="s3://raylsl/runs")
+        original = loop_module.train_loop
+
+        def crashing(*args, callbacks=(), **kwargs):
+            return original(*args, callbacks=callbacks + (StopAt(3),), **kwargs)
+
+        monkeypatch.setattr(session, "train_loop", crashing)
+        with pytest.raises(Interrupt):
+            recipe.train(config, progress=False)
+        monkeypatch.setattr(session, "train_loop", original)
+        shutil.rmtree(f"{config.output_dir}/s3crash")  # nothing local is left: only the bucket has the run
+        results = recipe.resume("s3://raylsl/runs/s3crash", progress=False)
+        assert results["train"]["resumed_from"] == 2 and results["train"]["steps"] == 4
+        keys = s3.keys("runs/s3crash/")
+        assert "runs/s3crash/results.json" in keys and "runs/s3crash/adapter/adapter_model.safetensors" in keys
+        assert json.loads(s3.client().get_object(Bucket="raylsl", Key="runs/s3crash/run.json")["Body"].read())[
+            "status"] == "complete"
+    finally:
+        s3.stop()

@@ -34,6 +34,7 @@ import torch
 from raylsl.errors import RaylslError
 from raylsl.plan import Plan
 from raylsl.storage import RunDir
+from raylsl.tracking import TENSORBOARD_DIR
 from raylsl.training.checkpoint import read_checkpoint, read_trainer_state, write_checkpoint
 
 OUTCOME = "outcome.json"
@@ -102,7 +103,7 @@ def train_in_workers(plan: Plan, run: RunDir, progress: bool) -> dict[str, Any]:
         raise user_error(exc, run.storage.uri) or exc
     with result.checkpoint.as_directory() as directory:
         for item in Path(directory).iterdir():
-            if item.name not in ("adapter", OUTCOME) and not item.name.endswith(
+            if item.name not in ("adapter", OUTCOME, TENSORBOARD_DIR) and not item.name.endswith(
                     (".json", ".jsonl", ".png")):
                 continue
             target = run.local / item.name

@@ -63,8 +63,10 @@ def loss_metrics(sums: dict[str, float]) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(model: nn.Module, objective: Objective, examples: list, batch_size: int,
              autocast: torch.autocast | None = None, progress: bool = False, desc: str = "eval",
-             rank: int = 0, world: int = 1) -> dict[str, Any]:
-    """Every metric the objective has over ``examples`` (accuracies, loss, perplexity, ``n``).
+             rank: int = 0, world: int = 1, per_example: bool = False) -> dict[str, Any]:
+    """Every metric the objective has over ``examples`` (accuracies, loss, perplexity, ``n``);
+    with ``per_example``, also ``"per_example": {"acc": [...]}`` in the order of ``examples``
+    (what paired bootstrap intervals over the examples need).
 
     Examples are batched by token length (longest first), so a batch pads little; the result does
     not depend on the order. With ``world > 1`` (call it on every rank) each rank scores every
@@ -74,12 +76,12 @@ def evaluate(model: nn.Module, objective: Objective, examples: list, batch_size:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    ordered = sorted(examples, key=lambda ex: -objective.length(ex))
-    shard = ordered[rank::world]
-    counted = len(shard)
-    shard += ordered[:1] * (math.ceil(len(ordered) / world) - counted)
+    order = sorted(range(len(examples)), key=lambda i: -objective.length(examples[i]))
+    indices = order[rank::world]
+    counted = len(indices)
+    shard = [examples[i] for i in indices] + [examples[order[0]]] * (math.ceil(len(order) / world) - counted)
     results: list[dict[str, float]] = []
-    bar = tqdm(total=len(ordered), desc=desc, unit="ex", disable=not progress or rank != 0 or None, leave=False)
+    bar = tqdm(total=len(order), desc=desc, unit="ex", disable=not progress or rank != 0 or None, leave=False)
     try:
         for chunk in _chunks(shard, batch_size):
             with autocast or torch.autocast(device.type, enabled=False):
@@ -96,7 +98,17 @@ def evaluate(model: nn.Module, objective: Objective, examples: list, batch_size:
         totals = totals.to(device)
         dist.all_reduce(totals)
     sums = dict(zip(objective.sums, totals.tolist()))
-    return {**objective.metrics(sums), "n": int(sums["n"])}
+    metrics = {**objective.metrics(sums), "n": int(sums["n"])}
+    if per_example:
+        pairs = [(i, r["acc"]) for i, r in zip(indices, results[:counted])]
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, pairs)
+            pairs = [pair for part in gathered for pair in part]
+        metrics["per_example"] = {"acc": [acc for _, acc in sorted(pairs)]}
+    return metrics
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

@@ -68,7 +68,7 @@ def _adapter(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name, extra", [
-    ("ddp", ["model={root}/my-model"]),  # a model directory only the driver has: shipped through Ray
+    ("ddp", ["model={root}/my-model", "tracking=tensorboard"]),  # a model directory only the driver has: shipped through Ray
     ("zero2", ["deepspeed={root}/zero2.json"]),  # a DeepSpeed file only the driver has: read there
     ("ist", ["selector=ist", "layers=all", "ist.n_update=2", "ist.interval=2", "ist.probe_batch_size=4"]),
 ])
@@ -86,6 +86,12 @@ def test_train_in_workers_with_s3_storage(cluster, name, extra):
     for needed in ("config.yaml", "results.json", "metrics.jsonl", "adapter/adapter_model.safetensors", "run.json"):
         assert f"runs/{name}/{needed}" in keys
     assert any(k.startswith(f"runs/{name}/ray/train/") for k in keys)  # Ray Train's checkpoints in the bucket
+    if "tracking=tensorboard" in extra:  # rank 0 wrote the events on the worker node; they came back
+        from tests.test_tracking import scalars
+
+        losses = [json.loads(line)["loss"] for line in (local / "metrics.jsonl").read_text().splitlines()]
+        assert [v for _, v in scalars(local / "tensorboard", "train/loss")] == pytest.approx(losses, rel=1e-6)
+        assert any(k.startswith(f"runs/{name}/tensorboard/events.out.tfevents") for k in keys)
     if "selector=ist" in extra:
         assert f"runs/{name}/ist.json" in keys and results["dynamic"]["adapter_params_existing"] > 0
     # `raylsl eval` reads the run from storage alone.

@@ -108,6 +108,19 @@ def test_report_files_are_written_and_the_plot_is_not_blank(swept):
     assert pixels.std() > 0.05  # points, a step line and a legend, not an empty canvas
     md = (swept.run_dir / "pareto.md").read_text()
     assert "| selector | blocks | rank | trainable params | % of all-block LoRA | val acc | test acc" in md
+    recommendation = swept.recommend()
+    assert md.splitlines()[2] == recommendation["text"]  # the answer to "which blocks?" comes first
+    if recommendation["trial_id"] is not None:  # intervals from every trial's per-example validation record
+        assert recommendation["n_val"] == 16 and recommendation["val_ci"][0] <= recommendation["val_acc"]
+    for results in _trial_results(swept):
+        assert len(results["after_per_example"]["acc"]) == 16  # data.val_size
+    # TensorBoard for sweeps is Tune's own logger: every finished trial's val_acc is in the events
+    # (the failed trial's event file has no val_acc)
+    from tests.test_tracking import scalars
+
+    logged = [scalars(e.parent, "ray/tune/val_acc") for e in (swept.run_dir / "tune").rglob("events.out.tfevents*")]
+    done = swept.trials[swept.trials["status"] == "TERMINATED"]
+    assert sorted(v for points in logged for _, v in points[-1:]) == pytest.approx(sorted(done["val_acc"]))
     from raylsl import report
 
     again = report.load(swept.run_dir)
