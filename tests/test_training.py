@@ -114,8 +114,9 @@ def test_recipe_writes_run_and_adapter_reloads_identically(tiny_config):
     assert list(saved.layers_to_transform) == [1, 2] and saved.r == 8
 
 
-def test_recipe_resume_after_failure(tiny_config, monkeypatch):
-    config = tiny_config(name="crash", train__steps=4, train__checkpoint_every=2)
+def _train_crashing_at_step_3(config, monkeypatch) -> None:
+    """Runs ``config`` until step 3 raises `Interrupt` (after the step-2 checkpoint), then restores
+    the real loop, as a crashed run leaves things."""
     original = loop_module.train_loop
 
     def crashing(*args, callbacks=(), **kwargs):
@@ -124,11 +125,16 @@ def test_recipe_resume_after_failure(tiny_config, monkeypatch):
     monkeypatch.setattr(session, "train_loop", crashing)
     with pytest.raises(Interrupt):
         recipe.train(config, progress=False)
+    monkeypatch.setattr(session, "train_loop", original)
+
+
+def test_recipe_resume_after_failure(tiny_config, monkeypatch):
+    config = tiny_config(name="crash", train__steps=4, train__checkpoint_every=2)
+    _train_crashing_at_step_3(config, monkeypatch)
     run_dir = config.output_dir + "/crash"
     status = json.loads(open(f"{run_dir}/run.json").read())
     assert status["status"] == "failed" and "Interrupt" in status["error"]
     assert not (tmp := __import__("pathlib").Path(run_dir, "results.json")).exists()
-    monkeypatch.setattr(session, "train_loop", original)
     results = recipe.resume(run_dir, progress=False)
     assert results["train"]["resumed_from"] == 2 and results["train"]["steps"] == 4 and tmp.exists()
 
@@ -151,15 +157,7 @@ def test_resume_from_the_storage_uri_alone(tiny_config, monkeypatch, tmp_path):
         for key, value in s3.env.items():
             monkeypatch.setenv(key, value)
         config = tiny_config(name="s3crash", train__steps=4, train__checkpoint_every=2, storage="s3://raylsl/runs")
-        original = loop_module.train_loop
-
-        def crashing(*args, callbacks=(), **kwargs):
-            return original(*args, callbacks=callbacks + (StopAt(3),), **kwargs)
-
-        monkeypatch.setattr(session, "train_loop", crashing)
-        with pytest.raises(Interrupt):
-            recipe.train(config, progress=False)
-        monkeypatch.setattr(session, "train_loop", original)
+        _train_crashing_at_step_3(config, monkeypatch)
         shutil.rmtree(f"{config.output_dir}/s3crash")  # nothing local is left: only the bucket has the run
         results = recipe.resume("s3://raylsl/runs/s3crash", progress=False)
         assert results["train"]["resumed_from"] == 2 and results["train"]["steps"] == 4
