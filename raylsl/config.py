@@ -175,7 +175,8 @@ class RunConfig:
     tracking: str = "none"
     """none, or tensorboard: the run's scalars and chosen blocks as TensorBoard events (rank 0)."""
     tracking_uri: str | None = None
-    """Where tracking writes; None: RUN_DIR/tensorboard."""
+    """Where tracking writes; None: RUN_DIR/tensorboard (with Ray Train workers, the events come back
+    to the run directory in the final checkpoint; a path given here must be one rank 0's node sees)."""
 
     def __post_init__(self) -> None:
         if self.selector is not None and self.layers != "all":

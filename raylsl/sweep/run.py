@@ -67,8 +67,10 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     name = name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     run = _new_sweep_dir(Path(output_dir) / name, base.storage, name)
     examples = read_examples(base.task)
+    # Trials report through Tune, whose own TensorBoard logger records them; a trial's run tracking
+    # would write into a directory nobody keeps.
     trial_base = with_overrides(base, {"eval_before": False, "eval_split": "validation", "storage": None,
-                                       "workers": settings["workers_per_trial"], "name": None})
+                                       "workers": settings["workers_per_trial"], "name": None, "tracking": "none"})
     settings.update(study_name=name, storage_uri=run.storage.uri, local_dir=str(run.local.resolve()),
                     baseline=space.baseline(base.lora.r))
     _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
