@@ -136,10 +136,19 @@ def _new_sweep_dir(local: Path, storage: str | None, name: str) -> RunDir:
 
 def _create_sweep_dir(run: RunDir, space: SearchSpace, space_path, base, examples: list, settings: dict) -> None:
     run.local.mkdir(parents=True, exist_ok=True)
-    run.write_text("space.yaml", Path(space_path).read_text())
+    run.write_text("space.yaml", _portable_space(Path(space_path)))
     run.write_text("base_config.yaml", yaml.safe_dump(base.to_dict(), sort_keys=False))
     run.storage.write_json("examples.json", [example_record(ex) for ex in examples])
     run.write_json("sweep.json", settings)
+
+
+def _portable_space(space_path: Path) -> str:
+    """The space file as the sweep keeps it: without ``base``, which is relative to where the file
+    was (the resolved base run config is ``base_config.yaml``), so that it loads from any machine."""
+    raw = yaml.safe_load(space_path.read_text()) or {}
+    raw.pop("base", None)
+    return (f"# {space_path.name} as this sweep runs it; its base run config, resolved, is base_config.yaml\n"
+            + yaml.safe_dump(raw, sort_keys=False))
 
 
 def _score_once(base, space: SearchSpace, examples: list, run: RunDir) -> tuple[dict[str, LayerScores], dict]:

@@ -20,8 +20,13 @@ def local_head(tmp_path):
     pytest.importorskip("ray")
     ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    from tests.distributed.two_node import free_port
+
+    # Its own dashboard-agent port: the default (52365) is taken while another Ray of the suite
+    # lives on this machine, and a head whose agent cannot bind accepts no job.
     head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--port=6397", "--dashboard-port=8297",
-                             "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"],
+                             "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+                             f"--dashboard-agent-listen-port={free_port()}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -45,10 +50,18 @@ def _stop(head: subprocess.Popen) -> None:
 
 
 def _submit(ray_cli: str, env: dict, *command: str) -> subprocess.CompletedProcess:
-    job = subprocess.run(
-        [ray_cli, "job", "submit", "--address", DASHBOARD, "--working-dir", str(REPO),
-         "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--", sys.executable, "-m", "raylsl", *command],
-        env=env, capture_output=True, text=True, timeout=480)
+    deadline = time.time() + 120
+    while True:
+        job = subprocess.run(
+            [ray_cli, "job", "submit", "--address", DASHBOARD, "--working-dir", str(REPO),
+             "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--", sys.executable, "-m", "raylsl",
+             *command],
+            env=env, capture_output=True, text=True, timeout=480)
+        # The dashboard answers `job list` before the head's job agent has registered; Ray says
+        # "No available agent to submit job, please try again later" then, and nothing was submitted.
+        if "No available agent to submit job" not in job.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "Started a local Ray instance" not in job.stdout + job.stderr  # it ran on the head's cluster
     return job

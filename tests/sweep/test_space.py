@@ -85,3 +85,18 @@ def test_conditional_parameters_are_asked_only_under_their_parent():
     for params in seen:
         assert ("ist.mu" in params) == (params["selector"] == "ist")
     assert any("ist.mu" in p for p in seen) and any("ist.mu" not in p for p in seen)
+
+
+def test_the_sweeps_copy_of_a_space_file_loads_anywhere(tmp_path):
+    """The shipped spaces name their base relative to search_spaces/; the sweep's own copy lives
+    elsewhere (and is read on resume, from any machine), so it drops base (base_config.yaml holds it)."""
+    from raylsl.sweep.run import _portable_space
+
+    original = Path("search_spaces/smoke.yaml")
+    copy = tmp_path / "elsewhere" / "space.yaml"
+    copy.parent.mkdir()
+    copy.write_text(_portable_space(original))
+    loaded, shipped = load_space(copy), load_space(original)
+    assert loaded.base is None and shipped.base is not None
+    assert loaded.parameters == shipped.parameters and loaded.points == shipped.points
+    assert (loaded.trials, loaded.sampler, loaded.seed) == (shipped.trials, shipped.sampler, shipped.seed)
