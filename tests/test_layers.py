@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "raylsl"
 
 LAYERS = [
-    {"errors", "fetch", "storage", "callbacks"},  # shared utilities
+    {"errors", "fetch", "storage", "callbacks", "tracking"},  # shared utilities
     {"config"},
     {"data", "models", "optim"},
     {"objective", "lora"},
