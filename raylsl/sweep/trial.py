@@ -7,7 +7,8 @@ scores, computed once before the trials. It trains in its own process (checkpoin
 drives its own Ray Train workers (whose run is kept under ``STORAGE/trials/<trial_id>/ray``), and
 ends with one report: its metrics and a checkpoint holding ``adapter/``, ``results.json`` and its
 records. A trial whose newest checkpoint already holds results (a resumed sweep) reports them
-again without training.
+again without training; so does one whose final checkpoint reached storage but was not recorded
+(a driver killed in between).
 """
 
 from __future__ import annotations
@@ -55,11 +56,20 @@ def run_trial(params: dict[str, Any], inputs: SweepInputs) -> None:
     from ray import tune
 
     warnings.filterwarnings("ignore")  # library deprecations, once per trial, bury Tune's table
-    trial_id = tune.get_context().get_trial_id()
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
     finished = _finished_results(tune.get_checkpoint())
     if finished is not None:
         tune.report(trial_metrics(finished), checkpoint=tune.get_checkpoint())
         return
+    with tempfile.TemporaryDirectory() as out:
+        # A driver killed after this trial's final checkpoint reached storage but before Tune
+        # recorded it restores the trial from an older checkpoint: report the final one instead.
+        finished = _unrecorded_results(Storage(inputs.storage).child("tune", Path(context.get_trial_dir()).name),
+                                       Path(out))
+        if finished is not None:
+            tune.report(trial_metrics(finished), checkpoint=tune.Checkpoint.from_directory(out))
+            return
     config = trial_config(inputs, params, trial_id)
     with tempfile.TemporaryDirectory() as out:
         results = _train(config, inputs, Path(out))
@@ -100,6 +110,16 @@ def _finished_results(checkpoint) -> dict[str, Any] | None:
     with checkpoint.as_directory() as directory:
         path = Path(directory) / RESULTS
         return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _unrecorded_results(trial_dir: Storage, out: Path) -> dict[str, Any] | None:
+    """The results of a final checkpoint in ``trial_dir`` (downloaded into ``out``), if there is one."""
+    final = [name for name in trial_dir.listdir()
+             if name.startswith("checkpoint_") and trial_dir.is_file(f"{name}/{RESULTS}")]
+    if not final:
+        return None
+    trial_dir.download(max(final), out)
+    return json.loads((out / RESULTS).read_text())
 
 
 def trial_metrics(results: dict[str, Any]) -> dict[str, Any]:

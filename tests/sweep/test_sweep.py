@@ -169,6 +169,26 @@ def test_failed_or_nan_trials_are_told_fail_to_optuna(result, error, ray_leaves_
     assert state_after(ParetoOptunaSearch) == optuna.trial.TrialState.FAIL
 
 
+def test_a_final_checkpoint_tune_did_not_record_is_found_in_storage(tmp_path):
+    """A driver killed between a trial's final upload and Tune's state save restores the trial from
+    an older checkpoint; the trial must find its final one instead of training again."""
+    from raylsl.storage import Storage
+    from raylsl.sweep.trial import RESULTS, _unrecorded_results
+
+    trial = tmp_path / "tune" / "run_trial_1"
+    (trial / "checkpoint_000000").mkdir(parents=True)
+    (trial / "checkpoint_000000" / "state.pt").write_bytes(b"step 2")
+    assert _unrecorded_results(Storage(trial), tmp_path / "a") is None
+    (trial / "checkpoint_000001" / "adapter").mkdir(parents=True)
+    (trial / "checkpoint_000001" / "adapter" / "w").write_bytes(b"w")
+    (trial / "checkpoint_000001" / RESULTS).write_text('{"after": {"acc": 0.75}}')
+    out = tmp_path / "b"
+    out.mkdir()
+    assert _unrecorded_results(Storage(trial), out) == {"after": {"acc": 0.75}}
+    assert (out / "adapter" / "w").read_bytes() == b"w" and not (out / "state.pt").exists()
+    assert _unrecorded_results(Storage(tmp_path / "tune" / "never_started"), tmp_path / "c") is None
+
+
 def _finished(run_dir: Path) -> list[Path]:
     """Final checkpoints of finished trials (they hold results.json)."""
     return sorted((run_dir / "tune").glob("*/checkpoint_*/results.json"))
@@ -188,7 +208,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, int
     assert len(_finished(run_dir)) >= 2, driver.communicate()[0][-3000:]
     driver.send_signal(interrupt)
     out = driver.communicate(timeout=120)[0]
-    before = {p: p.stat().st_mtime_ns for p in _finished(run_dir)}
+    before = {p: p.read_bytes() for p in _finished(run_dir)}
     assert len(before) < 6, "the sweep finished before it could be interrupted"
 
     resumed = subprocess.run([sys.executable, "-m", "raylsl", "sweep", "--resume", str(run_dir), "--no-progress"],
@@ -198,8 +218,9 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, int
 
     final = report.load(run_dir)
     assert len(final.trials) == 6 and final.complete
-    assert final.trials["status"].value_counts().to_dict() == {"TERMINATED": 5, "ERROR": 1}
-    for path, mtime in before.items():  # finished trials were kept, not trained again
-        assert path.stat().st_mtime_ns == mtime
+    assert final.trials["status"].value_counts().to_dict() == {"TERMINATED": 5, "ERROR": 1}, (
+        final.trials[["trial", "status", "params", "error"]].to_string(), out[-3000:], resumed.stdout[-3000:])
+    for path, content in before.items():  # finished trials were kept, not trained again (a rerun's times differ)
+        assert path.read_bytes() == content
     # (a trial that had finished but not yet been recorded when the driver died re-reports its results)
     assert len({path.parent.parent for path in _finished(run_dir)}) == 5
