@@ -76,7 +76,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise RaylslError("give a search space file, e.g. `raylsl sweep search_spaces/default.yaml`")
         report = run.sweep(source, parse_overrides(overrides), trials=args.trials, concurrency=args.concurrency,
                            workers_per_trial=args.workers_per_trial, smoke=args.smoke, output_dir=args.output_dir,
-                           name=args.name, progress=not args.no_progress)
+                           name=args.name, progress=not args.no_progress, scheduler=args.scheduler)
     _print_report(report)
     return 0
 
@@ -103,10 +103,12 @@ def _sweep_module():
 
 def _print_report(report) -> None:
     trials = report.trials
-    failed = trials[trials["status"] != "TERMINATED"]
+    failed = trials[~trials["status"].isin(["TERMINATED", "STOPPED_EARLY"])]
+    stopped = int((trials["status"] == "STOPPED_EARLY").sum())
     print(report.recommend()["text"] + "\n")
     print(report.front_table())
-    print(f"{len(trials)} trials, {len(failed)} failed or unfinished; front: {len(report.pareto_front())} trials")
+    print(f"{len(trials)} trials, {len(failed)} failed or unfinished" + (f", {stopped} stopped early" if stopped else "")
+          + f"; front: {len(report.pareto_front())} trials")
     for row in failed.itertuples():
         print(f"  {row.trial_id} {row.status}: {row.error}")
     print(f"report: {report.run_dir / 'pareto.md'}, {report.run_dir / 'pareto.csv'}, {report.run_dir / 'pareto.png'}")
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--trials", type=int, help="number of trials (default: the space file's)")
     sweep.add_argument("--concurrency", type=int, help="trials at once (default: the space file's)")
     sweep.add_argument("--workers-per-trial", type=int, help="0: train in the trial's process; N: N Ray Train workers")
+    sweep.add_argument("--scheduler", help="none, or pareto_halving: stop trials dominated at a rung (default: the "
+                                           "space file's)")
     sweep.add_argument("--smoke", action="store_true", help="3 tiny trials: checks the whole path quickly")
     sweep.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep")
     sweep.add_argument("--output-dir", default="runs", help="where the sweep directory goes (default: runs)")

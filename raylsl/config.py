@@ -17,6 +17,8 @@ import yaml
 
 from raylsl.errors import ConfigError
 
+TRACKERS = ("none", "tensorboard", "mlflow")
+
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -96,9 +98,17 @@ class TrainSettings:
     """Save adapter + optimizer state every N steps (0: only at the end)."""
     eval_batch_size: int = 32
     """Examples per evaluation batch."""
+    eval_every: int = 0
+    """Evaluate on the validation split every N steps during training (0: only after training);
+    the values go to ``metrics.jsonl`` (``val_*``), tracking, and a sweep trial's Tune results."""
+    eval_subset: int = 0
+    """Examples in each evaluation during training: the first N of the validation split, the same
+    for every run (0: all of it)."""
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, "train.steps", self.steps, "must be > 0")
+        _check(self.eval_every >= 0, "train.eval_every", self.eval_every, "must be >= 0")
+        _check(self.eval_subset >= 0, "train.eval_subset", self.eval_subset, "must be >= 0")
         _check(self.batch_size > 0, "train.batch_size", self.batch_size, "must be > 0")
         _check(self.grad_accum > 0, "train.grad_accum", self.grad_accum, "must be > 0")
         _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
@@ -173,10 +183,12 @@ class RunConfig:
     eval_split: str = "test"
     """Split the trained adapter is evaluated on: test, or validation (sweep trials never see test)."""
     tracking: str = "none"
-    """none, or tensorboard: the run's scalars and chosen blocks as TensorBoard events (rank 0)."""
+    """none, tensorboard or mlflow: the run's scalars, evaluations and chosen blocks (rank 0 logs);
+    in a sweep, every trial's reports (`raylsl.tracking`)."""
     tracking_uri: str | None = None
-    """Where tracking writes; None: RUN_DIR/tensorboard (with Ray Train workers, the events come back
-    to the run directory in the final checkpoint; a path given here must be one rank 0's node sees)."""
+    """Where tracking writes: a directory (tensorboard) or an MLflow tracking URI (``http://...``,
+    ``sqlite:///...``). None: inside the run or sweep directory (with Ray Train workers, the records
+    come back in the final checkpoint; a location given here must be one rank 0's node reaches)."""
 
     def __post_init__(self) -> None:
         if self.selector is not None and self.layers != "all":
@@ -184,8 +196,7 @@ class RunConfig:
         _check(self.workers >= 0, "workers", self.workers, "must be >= 0 (0 trains in this process)")
         _check(self.max_failures >= 0, "max_failures", self.max_failures, "must be >= 0")
         _check(self.eval_split in ("test", "validation"), "eval_split", self.eval_split, "must be test or validation")
-        _check(self.tracking in ("none", "tensorboard"), "tracking", self.tracking,
-               "must be none or tensorboard (MLflow is not built yet)")
+        _check(self.tracking in TRACKERS, "tracking", self.tracking, f"must be {', '.join(TRACKERS[:-1])} or {TRACKERS[-1]}")
         _check(self.deepspeed is None or self.workers > 0, "deepspeed", self.deepspeed,
                "runs in Ray Train workers: set workers=1 or more")
         _check(self.gpus_per_worker == "auto" or (not isinstance(self.gpus_per_worker, str) and self.gpus_per_worker >= 0),

@@ -27,9 +27,14 @@ from raylsl.errors import ConfigError
 from raylsl.storage import RunDir, Storage, is_remote
 
 OBJECTIVES = {"val_acc": "max", "trainable_params": "min"}
+STOPPED = "STOPPED_EARLY"
+"""A trial the sweep's scheduler stopped at a rung; its ``val_acc`` is the rung's (subset) evaluation."""
+SCHEDULER_STATE = "scheduler.json"
+"""The scheduler's rung records and the trials it stopped, in the sweep's storage."""
 COLUMNS = ["trial", "trial_id", "status", "selector", "n", "rank", "blocks", "trainable_params", "pct_of_all_blocks",
-           "val_acc", "test_acc", "train_time_s", "selection_time_s", "checkpoint", "params", "error"]
-"""``checkpoint``: the URI of the trial's final checkpoint (``adapter/`` and ``results.json`` inside)."""
+           "val_acc", "test_acc", "train_time_s", "selection_time_s", "checkpoint", "params", "error", "curve"]
+"""``checkpoint``: the URI of the trial's final checkpoint (``adapter/`` and ``results.json`` inside);
+``curve``: validation accuracy by step, ``[[step, val_acc], ...]`` (JSON)."""
 
 
 def pareto_mask(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -82,7 +87,7 @@ class SweepReport:
     @property
     def complete(self) -> bool:
         """Every planned trial finished or failed (an interrupted sweep is not complete)."""
-        done = int(self.trials["status"].isin(["TERMINATED", "ERROR"]).sum())
+        done = int(self.trials["status"].isin(["TERMINATED", "ERROR", STOPPED]).sum())
         return self.planned is None or done >= self.planned
 
     def pareto_front(self):
@@ -126,8 +131,10 @@ class SweepReport:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_ylabel("validation accuracy")
-        failed = int((self.trials["status"] != "TERMINATED").sum())
-        ax.set_title(f"{self.run_dir.name}: {len(done)} trials" + (f" ({failed} failed)" if failed else ""))
+        failed = int((self.trials["status"] == "ERROR").sum())
+        stopped = int((self.trials["status"] == STOPPED).sum())
+        notes = [f"{failed} failed"] * bool(failed) + [f"{stopped} stopped early"] * bool(stopped)
+        ax.set_title(f"{self.run_dir.name}: {len(done)} trials" + (f" ({', '.join(notes)})" if notes else ""))
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -200,7 +207,8 @@ class SweepReport:
         paths = [self.run_dir / "pareto.csv", self.run_dir / "pareto.md", self.run_dir / "pareto.png"]
         trials.to_csv(paths[0], index=False)
         paths[1].write_text(f"# Pareto front: {self.run_dir.name}\n\n{self.recommend()['text']}\n\n"
-                            f"Maximise validation accuracy, minimise trainable parameters; {len(trials)} trials.\n\n"
+                            f"Maximise validation accuracy, minimise trainable parameters; {len(trials)} trials"
+                            f"{_stopped_note(trials)}.\n\n"
                             + self.front_table())
         self.plot(paths[2])
         RunDir(self.run_dir, self.storage).sync(*(p.name for p in paths))
@@ -231,30 +239,44 @@ def load(target: str | Path) -> SweepReport:
     import pandas as pd
 
     run = open_sweep(target)
-    rows = [_trial_row(trial, run.storage) for trial in _tune_trials(run.storage)]
+    stopped = set(run.storage.read_json(SCHEDULER_STATE)["stopped"]) if run.storage.is_file(SCHEDULER_STATE) else set()
+    rows = [_trial_row(trial, run.storage, frame, stopped) for trial, frame in _tune_trials(run.storage)]
     trials = pd.DataFrame(rows, columns=COLUMNS).sort_values("trial", kind="stable").reset_index(drop=True)
     planned = run.storage.read_json("sweep.json").get("trials")
     return SweepReport(run.local, trials, planned, run.storage)
 
 
 def _tune_trials(storage: Storage) -> list:
+    """Tune's trials with each one's results (a DataFrame, one row per report)."""
     from ray.tune import ExperimentAnalysis
 
     if not any(name.startswith("experiment_state-") for name in storage.listdir("tune")):
         return []  # stopped before Tune saved anything
-    return ExperimentAnalysis(storage.uri_of("tune")).trials
+    analysis = ExperimentAnalysis(storage.uri_of("tune"))
+    return [(trial, analysis.trial_dataframes.get(trial.trial_id)) for trial in analysis.trials]
 
 
-def _trial_row(trial, storage: Storage) -> dict:
-    """One trial: Tune's status, config, last result and final checkpoint."""
+def _curve(frame) -> str:
+    """A trial's validation accuracy by step, as JSON ``[[step, val_acc], ...]``: its evaluations
+    during training (``train.eval_every``, the scheduler's rungs) and its final one."""
+    if frame is None or "val_acc" not in getattr(frame, "columns", ()) or "step" not in frame.columns:
+        return "[]"
+    rows = frame[frame["val_acc"].notna() & frame["step"].notna()]
+    return json.dumps([[int(step), round(float(acc), 6)] for step, acc in zip(rows["step"], rows["val_acc"])])
+
+
+def _trial_row(trial, storage: Storage, frame=None, stopped=frozenset()) -> dict:
+    """One trial: Tune's status, config, last result, its curve and final checkpoint."""
     params = dict(trial.config)
     last = trial.last_result or {}
     checkpoint = _uri(trial.checkpoint) if trial.checkpoint is not None else ""
     test = storage.read_json(f"test/{trial.trial_id}.json") if storage.is_file(f"test/{trial.trial_id}.json") else None
     status = trial.status
     error = _error_message(trial)
-    finished = status == "TERMINATED" and all(_finite(last.get(k)) for k in OBJECTIVES)
-    if status == "TERMINATED" and not finished:
+    finished = status == "TERMINATED" and all(_finite(last.get(k)) for k in OBJECTIVES) and last.get("final") is not False
+    if trial.trial_id in stopped and not finished:  # the scheduler stopped it: its metrics at that rung
+        status = STOPPED
+    elif status == "TERMINATED" and not finished:
         status, error = "ERROR", error or "the trial reported no finite validation accuracy / parameter count"
     selector = params.get("selector", "all")
     return {
@@ -266,7 +288,13 @@ def _trial_row(trial, storage: Storage) -> dict:
         "test_acc": test.get("acc", math.nan) if test else math.nan,
         "train_time_s": last.get("train_time_s", math.nan), "selection_time_s": last.get("selection_time_s", math.nan),
         "checkpoint": checkpoint if finished else "", "params": json.dumps(params, sort_keys=True), "error": error,
+        "curve": _curve(frame),
     }
+
+
+def _stopped_note(trials) -> str:
+    stopped = int((trials["status"] == STOPPED).sum())
+    return f", {stopped} of them stopped early by the scheduler (not on the front)" if stopped else ""
 
 
 def _per_example(checkpoint: str) -> np.ndarray | None:

@@ -109,6 +109,9 @@ def test_console_train_smoke_then_eval(tmp_path, task_file):
     ("parameters: {lora.r: {low: 8, high: 8}}", [], "empty range low=8 >= high=8"),
     ("parameters: {lora.r: {choices: [4]}}", ["lora.rank=4"], "unknown key 'lora.rank'"),
     ("parameters: {lora.r: {choices: [4]}}", ["--trials", "0"], "--trials=0 must be >= 1"),
+    ("parameters: {lora.r: {choices: [4]}}", ["--scheduler", "asha"],
+     "--scheduler: scheduler='asha'; choose one of none, pareto_halving"),
+    ("parameters: {lora.r: {choices: [4]}}", ["tracking=wandb"], "tracking"),
 ])
 def test_bad_sweep_input_is_one_clear_message(space, args, message, tmp_path, capsys):
     pytest.importorskip("optuna")

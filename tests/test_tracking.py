@@ -26,7 +26,8 @@ def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def test_a_run_logs_steps_evaluations_blocks_and_final_metrics(tiny_config):
-    results = recipe.train(tiny_config(tracking="tensorboard", layers="1-2"), progress=False)
+    results = recipe.train(tiny_config(tracking="tensorboard", layers="1-2", train__eval_every=2,
+                                       train__eval_subset=8), progress=False)
     run = Path(results["run_dir"])
     log_dir = run / "tensorboard"
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -34,6 +35,12 @@ def test_a_run_logs_steps_evaluations_blocks_and_final_metrics(tiny_config):
         logged = scalars(log_dir, f"train/{name}")
         assert [s for s, _ in logged] == [m["step"] for m in steps] == list(range(1, 7))
         assert [v for _, v in logged] == pytest.approx([m[name] for m in steps], rel=1e-6)
+    # evaluations during training: every 2 steps on the first 8 validation examples, not after the
+    # last step (the evaluation after training is that one)
+    evals = [m for m in steps if "val_acc" in m]
+    assert [m["step"] for m in evals] == [2, 4] and all(m["val_n"] == 8 for m in evals)
+    assert scalars(log_dir, "eval/acc") == [(m["step"], pytest.approx(m["val_acc"])) for m in evals]
+    assert scalars(log_dir, "eval/loss") == [(m["step"], pytest.approx(m["val_loss"], rel=1e-6)) for m in evals]
     assert scalars(log_dir, "eval_before/acc") == [(0, pytest.approx(results["before"]["acc"]))]
     assert scalars(log_dir, "eval_after_test/acc") == [(6, pytest.approx(results["after"]["acc"]))]
     assert scalars(log_dir, "eval_after_test/loss")[0][1] == pytest.approx(results["after"]["loss"], rel=1e-6)
@@ -50,5 +57,43 @@ def test_no_tracking_writes_nothing(tiny_config):
 
 
 def test_an_unknown_tracker_is_one_error(tiny_config):
-    with pytest.raises(ConfigError, match="tracking.*none or tensorboard"):
+    with pytest.raises(ConfigError, match="tracking.*none, tensorboard or mlflow"):
         tiny_config(tracking="wandb")
+
+
+def mlflow_runs(uri: str, experiment: str) -> list:
+    """Every run of ``experiment`` in the MLflow store at ``uri``, read with MLflow's own client."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, [e.name for e in client.search_experiments()]
+    return client.search_runs([found.experiment_id])
+
+
+def mlflow_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    return [(m.step, m.value) for m in sorted(MlflowClient(uri).get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_mlflow_logs_the_run_into_its_directory(tiny_config, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory (MLflow's default mlruns/)
+    config = tiny_config(tracking="mlflow", layers="1-2", train__eval_every=2)
+    results = recipe.train(config, progress=False)
+    run_dir = Path(results["run_dir"])
+    uri = f"sqlite:///{run_dir / 'mlflow' / 'mlflow.db'}"
+    (run,) = mlflow_runs(uri, "raylsl")
+    assert run.info.run_name == run_dir.name and run.info.status == "FINISHED"
+    assert run.data.tags["raylsl.blocks"] == "2 of 4: 1, 2"
+    assert run.data.params["lora.r"] == str(config.lora.r) and run.data.params["train.eval_every"] == "2"
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = mlflow_history(uri, run.info.run_id, "train/loss")
+    assert [s for s, _ in logged] == list(range(1, 7))
+    assert [v for _, v in logged] == pytest.approx([m["loss"] for m in steps], rel=1e-6)
+    evals = [m for m in steps if "val_acc" in m]
+    assert mlflow_history(uri, run.info.run_id, "eval/acc") == [(m["step"], pytest.approx(m["val_acc"])) for m in evals]
+    assert mlflow_history(uri, run.info.run_id, "eval_after_test/acc") == [(6, pytest.approx(results["after"]["acc"]))]
+    assert mlflow_history(uri, run.info.run_id, "eval_before/acc") == [(0, pytest.approx(results["before"]["acc"]))]
+    assert [p.name for p in tmp_path.iterdir() if p.name == "mlruns"] == []

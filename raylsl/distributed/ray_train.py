@@ -34,7 +34,7 @@ import torch
 from raylsl.errors import RaylslError
 from raylsl.plan import Plan
 from raylsl.storage import RunDir
-from raylsl.tracking import TENSORBOARD_DIR
+from raylsl.tracking import RECORD_DIRS
 from raylsl.training.checkpoint import read_checkpoint, read_trainer_state, write_checkpoint
 
 OUTCOME = "outcome.json"
@@ -74,9 +74,11 @@ def scaling_config(config):
     return ScalingConfig(num_workers=config.workers, use_gpu=gpus > 0, resources_per_worker=resources)
 
 
-def train_in_workers(plan: Plan, run: RunDir, progress: bool) -> dict[str, Any]:
+def train_in_workers(plan: Plan, run: RunDir, progress: bool, eval_steps=()) -> dict[str, Any]:
     """Runs the session in a TorchTrainer; returns rank 0's outcome. The final checkpoint's files
-    (``adapter/``, ``metrics.jsonl``, a dynamic selector's record) land in ``run.local``.
+    (``adapter/``, ``metrics.jsonl``, a dynamic selector's record) land in ``run.local``. Inside a
+    Tune trial, the workers' reports (evaluations during training at ``eval_steps``, checkpoints)
+    are also the trial's results, which a sweep's scheduler reads.
 
     Raises:
         RaylslError: a worker failed on input the user can fix (its message, one line).
@@ -87,13 +89,20 @@ def train_in_workers(plan: Plan, run: RunDir, progress: bool) -> dict[str, Any]:
     init_ray(progress)
     plan = replace(plan, model=plan.model.shipped())
     config = plan.config
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    callbacks = []
+    if _in_tune_session():
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"plan": plan, "progress": progress},
+        train_loop_config={"plan": plan, "progress": progress, "eval_steps": tuple(eval_steps)},
         scaling_config=scaling_config(config),
         run_config=RunConfig(name="train", storage_path=run.storage.uri_of("ray"),
                              failure_config=FailureConfig(max_failures=config.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
                              worker_runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore",
                                                               "TOKENIZERS_PARALLELISM": "false"}}),
     )
@@ -103,7 +112,7 @@ def train_in_workers(plan: Plan, run: RunDir, progress: bool) -> dict[str, Any]:
         raise user_error(exc, run.storage.uri) or exc
     with result.checkpoint.as_directory() as directory:
         for item in Path(directory).iterdir():
-            if item.name not in ("adapter", OUTCOME, TENSORBOARD_DIR) and not item.name.endswith(
+            if item.name not in ("adapter", OUTCOME, *RECORD_DIRS) and not item.name.endswith(
                     (".json", ".jsonl", ".png")):
                 continue
             target = run.local / item.name
@@ -160,6 +169,10 @@ class ReportCheckpoints:
             write_checkpoint(Path(tmp), step, engine, callbacks, self.rank, extra, self.records)
             self.api.report(scalars, checkpoint=self.api.Checkpoint.from_directory(tmp))
 
+    def report(self, metrics: dict[str, Any]) -> None:
+        """An intermediate result (an evaluation during training), reported by every rank."""
+        self.api.report({**metrics, "elapsed_s": time.perf_counter() - self.started})
+
     def restore(self, engine, callbacks=()) -> int:
         checkpoint = self.api.get_checkpoint()
         if checkpoint is None:
@@ -203,7 +216,8 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
         a.objective.cached_scoring = False  # one forward per evaluation batch: every rank in lockstep
     engine = _engine(a, world, ds_config)
     with tempfile.TemporaryDirectory() as out:
-        outcome = run_session(a, Path(out), engine, ReportCheckpoints(rank, Path(out)), rank, world, cfg["progress"])
+        outcome = run_session(a, Path(out), engine, ReportCheckpoints(rank, Path(out)), rank, world, cfg["progress"],
+                              eval_steps=cfg.get("eval_steps", ()))
         if fractions is not None:
             outcome["zero3_base_fraction_per_rank"] = fractions
         if rank == 0:

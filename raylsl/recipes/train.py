@@ -29,12 +29,12 @@ from raylsl.results import run_results
 from raylsl.selectors import Selection
 from raylsl.selectors.plots import plot_scores, plot_trajectory
 from raylsl.storage import RunDir, Storage, is_remote
-from raylsl.tracking import TENSORBOARD_DIR
+from raylsl.tracking import RECORD_DIRS
 from raylsl.training.checkpoint import METRICS, LocalCheckpoints
 from raylsl.training.engine import TorchEngine
 from raylsl.training.session import run_session
 
-RECORDS = ("adapter", METRICS, "ist.json", "ist_importance.png", "lisa.json", TENSORBOARD_DIR)
+RECORDS = ("adapter", METRICS, "ist.json", "ist_importance.png", "lisa.json", *RECORD_DIRS)
 
 
 def train(config: RunConfig, progress: bool = True) -> dict[str, Any]:

@@ -38,8 +38,10 @@ from raylsl.plan import build_plan, load_run_config, score_key
 from raylsl.report import SweepReport, load, open_sweep
 from raylsl.selectors import LayerScores, build_selector
 from raylsl.storage import RunDir, Storage
+from raylsl.tracking import MLFLOW_DIR, sweep_callbacks
+from raylsl.sweep.scheduler import rung_fractions, sweep_scheduler
 from raylsl.sweep.search import searcher
-from raylsl.sweep.space import SearchSpace, check_against_config, load_space, trial_overrides
+from raylsl.sweep.space import SearchSpace, check_against_config, load_space, scheduler_name, trial_overrides
 from raylsl.sweep.trial import SweepInputs, run_trial
 
 SMOKE_TRIALS = 3
@@ -47,13 +49,14 @@ SMOKE_TRIALS = 3
 
 def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trials: int | None = None,
           concurrency: int | None = None, workers_per_trial: int | None = None, smoke: bool = False,
-          output_dir: str | Path = "runs", name: str | None = None, progress: bool = True) -> SweepReport:
+          output_dir: str | Path = "runs", name: str | None = None, progress: bool = True,
+          scheduler: str | None = None) -> SweepReport:
     """Runs the sweep a search space file describes; returns its report (files already written).
 
     Args:
         overrides: run-config overrides on top of the space's ``base`` and ``set`` (``storage=``
             puts the sweep in shared storage).
-        trials, concurrency, workers_per_trial: override the space file's values.
+        trials, concurrency, workers_per_trial, scheduler: override the space file's values.
         smoke: a few tiny steps per trial and at most 3 trials: checks the whole path quickly.
 
     Raises:
@@ -63,20 +66,28 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     fixed = {**space.fixed, **(overrides or {}), **(SMOKE_OVERRIDES if smoke else {})}
     check_against_config(space, fixed)
     base = load_run_config(str(space.base) if space.base else None, fixed)
-    settings = _settings(space, space_path, overrides, trials, concurrency, workers_per_trial, smoke)
+    settings = _settings(space, space_path, overrides, trials, concurrency, workers_per_trial, smoke, scheduler)
     name = name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     run = _new_sweep_dir(Path(output_dir) / name, base.storage, name)
     examples = read_examples(base.task)
-    # Trials report through Tune, whose own TensorBoard logger records them; a trial's run tracking
-    # would write into a directory nobody keeps.
+    # Trials report through Tune, whose own loggers record them (TensorBoard always, MLflow with
+    # tracking=mlflow: `raylsl.tracking.sweep_callbacks`); a trial's run tracking would write into a
+    # directory nobody keeps.
     trial_base = with_overrides(base, {"eval_before": False, "eval_split": "validation", "storage": None,
                                        "workers": settings["workers_per_trial"], "name": None, "tracking": "none"})
     settings.update(study_name=name, storage_uri=run.storage.uri, local_dir=str(run.local.resolve()),
-                    baseline=space.baseline(base.lora.r))
+                    baseline=space.baseline(base.lora.r), tracking=base.tracking, tracking_uri=base.tracking_uri)
     _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
     scores, settings["selection"] = _score_once(trial_base, space, examples, run)
     run.write_json("sweep.json", settings)
-    return _fit(run, settings, SweepInputs(trial_base, run.storage.uri, examples, scores), progress, restore=False)
+    inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, _rungs(settings))
+    return _fit(run, settings, inputs, progress, restore=False)
+
+
+def _rungs(settings: dict[str, Any]) -> tuple[float, ...]:
+    if settings.get("scheduler", "none") == "none":
+        return ()
+    return rung_fractions(settings["eta"], settings["rungs"])
 
 
 def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
@@ -97,11 +108,12 @@ def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
     _start_ray(settings["workers_per_trial"], progress)
     if not tune.Tuner.can_restore(run.storage.uri_of("tune")):
         raise ConfigError(f"{run.storage.uri}: the sweep stopped before Ray Tune saved any state; start it again")
-    return _fit(run, settings, SweepInputs(base, run.storage.uri, examples, scores), progress, restore=True)
+    return _fit(run, settings, SweepInputs(base, run.storage.uri, examples, scores, _rungs(settings)), progress,
+                restore=True)
 
 
 def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, workers_per_trial,
-              smoke: bool) -> dict[str, Any]:
+              smoke: bool, scheduler: str | None = None) -> dict[str, Any]:
     """The sweep's settings: the space file's, with the command line's on top (checked)."""
     settings = {
         "space": str(Path(space_path).resolve()), "overrides": overrides or {}, "smoke": smoke,
@@ -110,6 +122,8 @@ def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, wo
         "workers_per_trial": space.workers_per_trial if workers_per_trial is None else workers_per_trial,
         "cpus_per_trial": space.cpus_per_trial, "gpus_per_trial": space.gpus_per_trial, "sampler": space.sampler,
         "n_startup_trials": space.n_startup_trials, "seed": space.seed, "optuna_storage": space.optuna_storage,
+        "scheduler": space.scheduler if scheduler is None else scheduler_name("--scheduler", scheduler),
+        "eta": space.eta, "rungs": space.rungs,
     }
     for key in ("trials", "concurrency"):
         if settings[key] < 1:
@@ -198,8 +212,12 @@ def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: b
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher(space, settings, points, run.storage.uri),
+                                        scheduler=sweep_scheduler(settings, run.storage.uri),
                                         num_samples=settings["trials"], max_concurrent_trials=settings["concurrency"]),
             run_config=tune.RunConfig(name="tune", storage_path=run.storage.uri, verbose=1 if progress else 0,
+                                      callbacks=sweep_callbacks(settings.get("tracking", "none"),
+                                                                settings.get("tracking_uri"), run.local,
+                                                                settings["study_name"]),
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
@@ -207,6 +225,7 @@ def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: b
     tuner.fit()
     settings["wall_time_s"] = settings.get("wall_time_s", 0.0) + time.perf_counter() - started
     run.write_json("sweep.json", settings)
+    run.sync(MLFLOW_DIR)
     if run.storage.is_file("optuna.db"):
         run.storage.download("optuna.db", run.local / "optuna.db") if run.shared else None
     report = load(run.local)

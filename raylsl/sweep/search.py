@@ -51,9 +51,10 @@ MAX_REPEATS = 50
 
 
 class ParetoOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a failed or metric-less trial as FAIL in the study, answers a
-    proposal that repeats a finished trial from that trial's result instead of training it again,
-    and exports the study after each trial.
+    """OptunaSearch that records a failed or metric-less trial as FAIL in the study, a trial the
+    scheduler stopped early (its last report is an evaluation during training, ``final: False``)
+    as PRUNED, answers a proposal that repeats a finished trial from that trial's result (or a
+    pruned one as pruned) instead of training it again, and exports the study after each trial.
 
     Ray's multi-objective path passes ``[None, None]`` to ``study.tell`` for a trial that errored,
     which Optuna rejects; Ray only logs that, and the study would keep the trial RUNNING forever.
@@ -72,6 +73,8 @@ class ParetoOptunaSearch(OptunaSearch):
         """Run signature -> {"trial_id", "values"} of each trial that finished with metrics."""
         self.repeats: list[dict[str, Any]] = []
         """Proposals answered from a finished trial: {"config", "answered_by"}."""
+        self.pruned: dict[str, str] = {}
+        """Run signature -> id of the trial the scheduler stopped early with it."""
 
     def suggest(self, trial_id: str) -> dict | str | None:
         for _ in range(MAX_REPEATS):
@@ -80,6 +83,12 @@ class ParetoOptunaSearch(OptunaSearch):
                 return config
             signature = run_signature(config)
             done = self.finished.get(signature)
+            if signature in self.pruned:  # the scheduler already judged it: pruned again
+                self._ot_study.tell(self._ot_trials.pop(trial_id), state=optuna.trial.TrialState.PRUNED)
+                self.repeats.append({"config": config, "answered_by": self.pruned[signature]})
+                print(f"raylsl: the proposed trial {signature} repeats trial {self.pruned[signature]}, stopped "
+                      f"early: pruned again, not trained", flush=True)
+                continue
             if done is None:
                 self._signatures[trial_id] = signature
                 return config
@@ -94,6 +103,14 @@ class ParetoOptunaSearch(OptunaSearch):
         return self.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if not error and (result or {}).get("final") is False and trial_id in self._ot_trials \
+                and trial_id not in self._completed_trials:
+            # Stopped by the scheduler after an evaluation during training: pruned, not finished.
+            self.pruned[self._signatures.pop(trial_id, "")] = trial_id
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            self.export()
+            return
         values = [(result or {}).get(metric) for metric in self.metric]
         ok = not error and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
         signature = self._signatures.pop(trial_id, None)

@@ -9,6 +9,9 @@
     gpus_per_trial: auto                     # a single-process trial's GPUs (auto: 1 when the cluster has GPUs)
     sampler: tpe                             # tpe (Optuna's multi-objective TPE), random or nsga2
     n_startup_trials: null                   # TPE's random trials before it models (Optuna's default: 10)
+    scheduler: none                          # none, or pareto_halving: stop dominated trials early
+    eta: 3                                   # pareto_halving keeps the best 1/eta at each rung
+    rungs: 2                                 # rungs at eta**-rungs, ..., 1/eta of a trial's steps
     seed: 0
     optuna_storage: null                     # an Optuna RDB URL; default: the study lives in the sweep's storage
     points: []                               # extra fixed trials to run first
@@ -37,9 +40,10 @@ import yaml
 from raylsl.errors import ConfigError
 
 SETTINGS = ("base", "set", "trials", "concurrency", "workers_per_trial", "cpus_per_trial", "gpus_per_trial", "sampler",
-            "n_startup_trials", "seed", "optuna_storage", "points", "parameters")
+            "n_startup_trials", "scheduler", "eta", "rungs", "seed", "optuna_storage", "points", "parameters")
 PARAMETER_FIELDS = ("choices", "low", "high", "log", "step", "when")
 SAMPLERS = ("tpe", "random", "nsga2")
+SCHEDULERS = ("none", "pareto_halving")
 # Where the block budget `n` goes for selectors that do not take `n` itself.
 BUDGET_KEY = {"ist": "ist.n_update", "lisa": "lisa.n_active"}
 
@@ -83,6 +87,9 @@ class SearchSpace:
     gpus_per_trial: float | str = "auto"
     sampler: str = "tpe"
     n_startup_trials: int | None = None
+    scheduler: str = "none"
+    eta: int = 3
+    rungs: int = 2
     seed: int = 0
     optuna_storage: str | None = None
     points: tuple[dict[str, Any], ...] = ()
@@ -183,6 +190,8 @@ def load_space(path: str | Path) -> SearchSpace:
         sampler=_sampler(where, raw.get("sampler", "tpe")),
         n_startup_trials=None if raw.get("n_startup_trials") is None else _count(where, "n_startup_trials",
                                                                                    raw["n_startup_trials"]),
+        scheduler=scheduler_name(where, raw.get("scheduler", "none")),
+        eta=_at_least(where, "eta", raw.get("eta", 3), 2), rungs=_positive(where, "rungs", raw.get("rungs", 2)),
         seed=int(raw.get("seed", 0)), optuna_storage=raw.get("optuna_storage"), points=tuple(raw.get("points") or ()),
     )
     for point in space.points:
@@ -295,4 +304,16 @@ def _gpus(where: str, value: Any) -> float | str:
 def _sampler(where: str, value: Any) -> str:
     if value not in SAMPLERS:
         raise ConfigError(f"{where}: sampler={value!r}; choose one of {', '.join(SAMPLERS)}")
+    return value
+
+
+def scheduler_name(where: str, value: Any) -> str:
+    if value not in SCHEDULERS:
+        raise ConfigError(f"{where}: scheduler={value!r}; choose one of {', '.join(SCHEDULERS)}")
+    return value
+
+
+def _at_least(where: str, key: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{where}: {key}={value!r} must be an integer >= {low}")
     return value

@@ -45,6 +45,13 @@ class SweepInputs:
     """The task's examples (each trial splits them with its own data settings)."""
     scores: dict[str, LayerScores]
     """Static selectors' scores by `raylsl.plan.score_key`."""
+    rungs: tuple[float, ...] = ()
+    """Fractions of its steps after which a trial evaluates and reports (the scheduler's rungs)."""
+
+
+def eval_steps(rungs, steps: int) -> list[int]:
+    """The steps at which a ``steps``-step trial reaches each rung (the first step at or past it)."""
+    return sorted({max(1, math.ceil(fraction * steps - 1e-9)) for fraction in rungs})
 
 
 def trial_config(inputs: SweepInputs, params: dict[str, Any], trial_id: str) -> RunConfig:
@@ -82,13 +89,14 @@ def _train(config: RunConfig, inputs: SweepInputs, out: Path) -> dict[str, Any]:
     from raylsl.plan import build_plan
 
     started = time.perf_counter()
+    steps = eval_steps(inputs.rungs, config.train.steps)
     run = RunDir(out, Storage(inputs.storage).child("trials", config.name))
     plan, loaded = build_plan(config, config.name, run.storage.uri, keep_model=config.workers == 0,
                               examples=inputs.examples, scores=inputs.scores)
     if config.workers:
         from raylsl.distributed.ray_train import train_in_workers
 
-        outcome = train_in_workers(plan, run, progress=False)
+        outcome = train_in_workers(plan, run, progress=False, eval_steps=steps)
     else:
         from ray import tune
 
@@ -100,7 +108,8 @@ def _train(config: RunConfig, inputs: SweepInputs, out: Path) -> dict[str, Any]:
 
         a = assemble(plan, local_device(), loaded)
         checkpoints = ReportCheckpoints(0, out, api=tune)
-        outcome = run_session(a, out, TorchEngine(a.model, config.train), checkpoints, progress=False)
+        outcome = run_session(a, out, TorchEngine(a.model, config.train), checkpoints, progress=False,
+                              eval_steps=steps)
     return run_results(plan, outcome, time.perf_counter() - started, run.storage.uri)
 
 
@@ -139,7 +148,7 @@ def trial_metrics(results: dict[str, Any]) -> dict[str, Any]:
         "val_acc": float(acc), "trainable_params": int(params["trainable"]),
         "pct_of_all_blocks": 100.0 * params["trainable"] / all_blocks, "blocks": blocks, "rank": results["lora_r"],
         "train_time_s": results["train"]["train_time_s"], "selection_time_s": results["selection_time_s"],
-        "final_loss": loss,
+        "final_loss": loss, "step": results["train"]["steps"], "fraction": 1.0, "final": True,
     }
 
 

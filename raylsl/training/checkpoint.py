@@ -118,6 +118,9 @@ class LocalCheckpoints:
                 self.mirror.storage.delete(f"checkpoints/{old.name}")
         return final
 
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Intermediate results go nowhere but ``metrics.jsonl`` in a local run."""
+
     def restore(self, engine, callbacks=()) -> int:
         """Loads the newest checkpoint; returns its step (0 when there is none)."""
         found = self.list()

@@ -89,10 +89,10 @@ def train_loop(model: nn.Module, objective: Objective, examples: list, settings:
         state.step += 1
         metrics = {"step": state.step, "loss": loss_value, "lr": engine.lr(),
                    "step_time_s": time.perf_counter() - t0, **state.extra_metrics}
+        for cb in callbacks:  # a callback may add values (an evaluation's) before the line is written
+            cb.on_step_end(state, metrics)
         if log:
             log.write(metrics)
-        for cb in callbacks:
-            cb.on_step_end(state, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         every = settings.checkpoint_every

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from raylsl.assemble import Assembled
+from raylsl.callbacks import Callback, LoopState
 from raylsl.lora import adapted_blocks, count_trainable
 from raylsl.objective import evaluate
 from raylsl.training.loop import autocast_for, train_loop
@@ -26,17 +27,46 @@ def evaluate_assembled(a: Assembled, examples: list, desc: str, progress: bool =
                     progress=progress, desc=desc, rank=rank, world=world, per_example=per_example)
 
 
+class PeriodicEval(Callback):
+    """Evaluates on the first ``train.eval_subset`` validation examples every ``train.eval_every``
+    steps and at ``extra_steps`` (a sweep's rungs), except after the last step (the evaluation
+    after training covers it). The values join the step's metrics line as ``val_*`` and go to
+    ``checkpoints.report`` with the step, the fraction of the run done and the trainable
+    parameters, as ``final: False`` (what a sweep's scheduler and Tune's results read). Every rank
+    evaluates its shard."""
+
+    def __init__(self, a: Assembled, checkpoints, extra_steps=(), rank: int = 0, world: int = 1):
+        settings = a.plan.config.train
+        examples = a.plan.task.validation
+        self.a, self.checkpoints, self.rank, self.world = a, checkpoints, rank, world
+        self.examples = examples[:settings.eval_subset] if settings.eval_subset else examples
+        every = settings.eval_every
+        self.steps = {s for s in range(every, settings.steps, every)} if every else set()
+        self.steps |= {s for s in extra_steps if 0 < s < settings.steps}
+        self.trainable = count_trainable(a.model)["trainable"]
+
+    def on_step_end(self, state: LoopState, metrics: dict[str, Any]) -> None:
+        if state.step not in self.steps or not self.examples:
+            return
+        values = evaluate_assembled(self.a, self.examples, "eval", rank=self.rank, world=self.world)
+        values = {f"val_{k}": v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics.update(values)
+        self.checkpoints.report({**values, "step": state.step, "fraction": state.step / state.settings.steps,
+                                 "trainable_params": self.trainable, "final": False})
+
+
 def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0, world: int = 1,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, eval_steps=()) -> dict[str, Any]:
     """Runs one session and returns what it measured (rank 0's view).
 
-    ``out_dir`` receives the records (``metrics.jsonl``, a dynamic selector's record) and the final
+    ``eval_steps``: steps at which to evaluate during training besides every ``train.eval_every``
+    (`PeriodicEval`). ``out_dir`` receives the records (``metrics.jsonl``, a dynamic selector's record) and the final
     ``adapter/``. The evaluation before training is of the assembled model before its first step
     (LoRA's B starts at 0, so that is the base model); a resumed run reads it from its checkpoint.
 
     Returns:
         ``{"before", "after", "after_per_example", "train", "params", "adapted_blocks", "dynamic",
-        "workers", "device"}``; with ``tracking``, rank 0 also writes TensorBoard events.
+        "workers", "device"}``; with ``tracking``, rank 0 also logs to TensorBoard or MLflow.
     """
     config, task = a.plan.config, a.plan.task
     before = (checkpoints.peek() or {}).get("before")
@@ -45,7 +75,9 @@ def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0,
     tracker = _tracker(a, out_dir) if config.tracking != "none" and rank == 0 else None
     if tracker:
         tracker.log_metrics("eval_before", before, 0)
-    callbacks = tuple(cb for cb in (a.dynamic, tracker) if cb is not None)  # dynamic first: its checkpointed state
+    periodic = PeriodicEval(a, checkpoints, eval_steps, rank, world) if config.train.eval_every or eval_steps else None
+    # dynamic first (its checkpointed state), the evaluation before the tracker (which logs it)
+    callbacks = tuple(cb for cb in (a.dynamic, periodic, tracker) if cb is not None)
     loop = train_loop(a.model, a.objective, task.train, config.train, out_dir, callbacks=callbacks, progress=progress,
                       engine=engine, checkpoints=checkpoints, rank=rank, world=world, extra={"before": before})
     engine.save_adapter(out_dir / "adapter", rank)
@@ -64,11 +96,8 @@ def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0,
 
 
 def _tracker(a: Assembled, out_dir: Path):
-    import yaml
-
-    from raylsl.tracking import TENSORBOARD_DIR, TensorBoardTracker
+    from raylsl.tracking import make_tracker
 
     config = a.plan.config
-    log_dir = Path(config.tracking_uri) if config.tracking_uri else out_dir / TENSORBOARD_DIR
     blocks = f"{len(a.plan.layers)} of {a.plan.num_blocks}: {', '.join(map(str, a.plan.layers))}"
-    return TensorBoardTracker(log_dir, blocks, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return make_tracker(config.tracking, config.tracking_uri, out_dir, a.plan.name, blocks, config.to_dict())

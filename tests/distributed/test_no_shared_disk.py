@@ -69,7 +69,7 @@ def _adapter(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name, extra", [
     ("ddp", ["model={root}/my-model", "tracking=tensorboard"]),  # a model directory only the driver has: shipped through Ray
-    ("zero2", ["deepspeed={root}/zero2.json"]),  # a DeepSpeed file only the driver has: read there
+    ("zero2", ["deepspeed={root}/zero2.json", "tracking=mlflow"]),  # a DeepSpeed file only the driver has: read there
     ("ist", ["selector=ist", "layers=all", "ist.n_update=2", "ist.interval=2", "ist.probe_batch_size=4"]),
 ])
 def test_train_in_workers_with_s3_storage(cluster, name, extra):
@@ -92,6 +92,14 @@ def test_train_in_workers_with_s3_storage(cluster, name, extra):
         losses = [json.loads(line)["loss"] for line in (local / "metrics.jsonl").read_text().splitlines()]
         assert [v for _, v in scalars(local / "tensorboard", "train/loss")] == pytest.approx(losses, rel=1e-6)
         assert any(k.startswith(f"runs/{name}/tensorboard/events.out.tfevents") for k in keys)
+    if "tracking=mlflow" in extra:  # rank 0 logged into its own SQLite store; it came back
+        from tests.test_tracking import mlflow_history, mlflow_runs
+
+        uri = f"sqlite:///{local / 'mlflow' / 'mlflow.db'}"
+        (run,) = mlflow_runs(uri, "raylsl")
+        losses = [json.loads(line)["loss"] for line in (local / "metrics.jsonl").read_text().splitlines()]
+        assert [v for _, v in mlflow_history(uri, run.info.run_id, "train/loss")] == pytest.approx(losses, rel=1e-6)
+        assert f"runs/{name}/mlflow/mlflow.db" in keys
     if "selector=ist" in extra:
         assert f"runs/{name}/ist.json" in keys and results["dynamic"]["adapter_params_existing"] > 0
     # `raylsl eval` reads the run from storage alone.
@@ -115,7 +123,7 @@ def test_workers_that_cannot_reach_the_storage_say_so_in_one_line(cluster):
 SPACE = """\
 base: {base}
 set: {{data.val_size: 16, data.test_size: 16, train.steps: 3, train.batch_size: 4, train.checkpoint_every: 1,
-       worker_resources: {{worker_node: 1}}, cpus_per_worker: 1}}
+       train.eval_every: 2, worker_resources: {{worker_node: 1}}, cpus_per_worker: 1}}
 trials: {trials}
 workers_per_trial: 2
 parameters:
@@ -160,6 +168,8 @@ def test_sweep_in_workers_with_s3_storage_survives_a_killed_driver(cluster, monk
     assert len(final.trials) == 3 and final.complete and (final.trials["status"] == "TERMINATED").all()
     assert before <= finished() and len(finished()) == 3
     assert all(c.startswith("s3://raylsl/sweeps/s3sweep/tune/") for c in final.trials["checkpoint"])
+    # the workers' evaluation at step 2 reached Tune (TuneReportCallback), then the trial's final one
+    assert all({step for step, _ in json.loads(curve)} == {2, 3} for curve in final.trials["curve"]), final.trials["curve"]
     keys = s3.keys("sweeps/s3sweep/")
     assert "sweeps/s3sweep/optuna.db" in keys and "sweeps/s3sweep/pareto.md" in keys
     assert {k.split("/")[3][:-5] for k in keys if k.startswith("sweeps/s3sweep/test/")} == set(final.pareto_front()["trial_id"])

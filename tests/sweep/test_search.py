@@ -70,3 +70,24 @@ def _flat_params(config):
     from ray.tune.utils import flatten_dict
 
     return flatten_dict(config, delimiter=".")
+
+
+def test_a_trial_stopped_early_is_pruned_and_its_repeats_are_not_trained(tmp_path, capsys):
+    search = _searcher(tmp_path)
+    config = search.suggest("t0")
+    # the scheduler stopped it: its last result is an evaluation during training
+    search.on_trial_complete("t0", {"val_acc": 0.4, "trainable_params": 100, "fraction": 1 / 3, "final": False})
+    assert search.study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert search.pruned == {run_signature(config): "t0"}
+    # a finished trial's last result says final: True and is COMPLETE as before
+    search.suggest("t1")
+    search.on_trial_complete("t1", {"val_acc": 0.6, "trainable_params": 200, "final": True})
+    assert search.study.trials[1].state == optuna.trial.TrialState.COMPLETE
+    for i in range(2, 6):  # proposals that repeat t0 are pruned again, never handed to Tune
+        proposed = search.suggest(f"t{i}")
+        if isinstance(proposed, dict):
+            assert run_signature(proposed) not in search.pruned
+            search.on_trial_complete(f"t{i}", {"val_acc": 0.5, "trainable_params": 50, "final": True})
+    again = [r for r in search.repeats if r["answered_by"] == "t0"]
+    assert again and "pruned again, not trained" in capsys.readouterr().out
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in search.study.trials)

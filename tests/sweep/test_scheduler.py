@@ -1,0 +1,100 @@
+"""Pareto-aware successive halving: its decisions on synthetic reports, against hand computation."""
+
+import math
+
+import numpy as np
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from raylsl.sweep.scheduler import ParetoHalving, crowding, front_ranks, rung_fractions, survivors
+from raylsl.sweep.trial import eval_steps
+
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+BASELINE = {"selector": "all", "lora.r": 4}
+
+
+def at(fraction, acc, params):
+    """An evaluation during training, as a trial reports it."""
+    return {"val_acc": acc, "trainable_params": params, "fraction": fraction, "step": 1, "final": False}
+
+
+def test_rungs_and_the_steps_that_reach_them():
+    assert rung_fractions(3, 2) == pytest.approx((1 / 9, 1 / 3))
+    assert rung_fractions(2, 3) == pytest.approx((1 / 8, 1 / 4, 1 / 2))
+    assert eval_steps(rung_fractions(3, 2), 60) == [7, 20]  # 6.67 -> 7; 1/3 of 60 is exactly 20
+    assert eval_steps(rung_fractions(3, 2), 4) == [1, 2]
+    assert eval_steps((), 60) == []
+
+
+def test_front_ranks_by_hand():
+    # A and B are the front; C is beaten by A (same params, less acc); D by A and C.
+    points = np.array([[0.9, 100], [0.8, 50], [0.7, 100], [0.6, 200]])
+    assert front_ranks(points).tolist() == [0, 0, 1, 2]
+    assert front_ranks(np.array([[0.5, 10], [0.5, 10]])).tolist() == [0, 0]  # copies dominate neither
+    assert front_ranks(np.array([[math.nan, 10], [0.5, 10]])).tolist() == [1, 0]
+
+
+def test_crowding_by_hand():
+    # the middle point's neighbours span the whole range in both objectives: 1 + 1
+    distance = crowding(np.array([[0.9, 100], [0.8, 50], [0.85, 70]]))
+    assert distance[0] == distance[1] == math.inf and distance[2] == pytest.approx(2.0)
+    # neighbours 0.8..0.88 of 0.8..0.9 in accuracy (0.8), 50..80 of 50..100 in params (0.6)
+    distance = crowding(np.array([[0.8, 50], [0.85, 60], [0.88, 80], [0.9, 100]]))
+    assert distance[1] == pytest.approx(0.8 + 0.6)
+
+
+def test_survivors_keep_the_front_and_the_best_1_over_eta():
+    assert survivors({"a": (0.9, 100), "b": (0.1, 500)}, eta=3) == {"a", "b"}  # fewer than eta: nobody stops
+    assert survivors({"a": (0.9, 100), "b": (0.5, 100), "c": (0.6, 200)}, eta=3) == {"a"}
+    front = {"a": (0.9, 300), "b": (0.8, 200), "c": (0.7, 100)}
+    beaten = {"d": (0.6, 300), "e": (0.5, 300), "f": (0.4, 300)}
+    assert survivors({**front, **beaten}, eta=3) == set(front)  # the whole front, though ceil(6/3) = 2
+    # one front member; ceil(6/3) = 2 keeps the better of the second front by crowding: the second
+    # front is d (0.6, 300), e (0.5, 200), f (0.55, 250): d and e are its boundary points, then by id
+    second = {"a": (0.9, 100), "d": (0.6, 300), "e": (0.5, 200), "f": (0.55, 250), "g": (0.2, 400), "h": (0.1, 400)}
+    assert survivors(second, eta=3) == {"a", "d"}
+    assert survivors(second, eta=2) == {"a", "d", "e"}  # eta=2 keeps ceil(6/2) = 3
+
+
+def test_a_dominated_trial_stops_at_its_rung_and_front_trials_and_the_baseline_never_do(tmp_path):
+    scheduler = ParetoHalving(eta=3, rungs=2, baseline=BASELINE, state_to=str(tmp_path))
+    configs = {"base": BASELINE, "t1": {"selector": "last", "n": 3, "lora.r": 4},
+               "t2": {"selector": "first", "n": 3, "lora.r": 4}, "t3": {"selector": "first", "n": 2, "lora.r": 4}}
+    # the baseline and t1 reach the first rung: fewer than eta, nobody stops
+    assert scheduler.decide("base", configs["base"], at(1 / 9, 0.50, 1000)) == CONTINUE
+    assert scheduler.decide("t1", configs["t1"], at(1 / 9, 0.70, 300)) == CONTINUE
+    # t2 is beaten by t1 (less accurate, same params): 3 recorded, ceil(3/3) = 1 kept besides the front
+    assert scheduler.decide("t2", configs["t2"], at(0.15, 0.60, 300)) == STOP
+    assert scheduler.stopped == {"t2": f"{1 / 9:.6g}"}
+    # t3 has fewer parameters than anyone: on the front, so it continues though less accurate
+    assert scheduler.decide("t3", configs["t3"], at(1 / 9, 0.30, 200)) == CONTINUE
+    # at the second rung the baseline is dominated by t1 (more accurate, fewer params) yet goes on
+    assert scheduler.decide("t1", configs["t1"], at(1 / 3, 0.80, 300)) == CONTINUE
+    assert scheduler.decide("t3", configs["t3"], at(1 / 3, 0.35, 200)) == CONTINUE
+    assert scheduler.decide("base", configs["base"], at(1 / 3, 0.55, 1000)) == CONTINUE
+    # a report that is not an evaluation during training, or a rung already recorded, decides nothing
+    assert scheduler.decide("t9", configs["t2"], {"step": 5, "loss": 1.0}) == CONTINUE
+    assert scheduler.decide("t9", configs["t2"], {**at(1.0, 0.0, 10 ** 6), "final": True}) == CONTINUE
+    assert scheduler.decide("t3", configs["t3"], at(1 / 3, 0.0, 200)) == CONTINUE
+    assert scheduler.records[f"{1 / 3:.6g}"]["t3"] == (0.35, 200.0)
+
+
+def test_a_resumed_sweep_keeps_the_rungs_and_the_decisions(tmp_path):
+    first = ParetoHalving(eta=3, rungs=1, baseline=BASELINE, state_to=str(tmp_path))
+    first.decide("a", {"selector": "last", "n": 2}, at(1 / 3, 0.9, 100))
+    first.decide("b", {"selector": "last", "n": 3}, at(1 / 3, 0.8, 200))
+    assert first.decide("c", {"selector": "first", "n": 3}, at(1 / 3, 0.7, 200)) == STOP
+    # the driver restarts: a new scheduler (Tune unpickles the one the sweep started with) reads
+    # the records back, so d is judged against a, b and c, not alone
+    resumed = ParetoHalving(eta=3, rungs=1, baseline=BASELINE, state_to=str(tmp_path))
+    assert resumed.decide("d", {"selector": "first", "n": 2}, at(1 / 3, 0.5, 150)) == STOP
+    assert resumed.stopped == {"c": f"{1 / 3:.6g}", "d": f"{1 / 3:.6g}"}
+    # c was stopped, but the driver died before Tune recorded it: rerun, it stops at its next report
+    assert resumed.decide("c", {"selector": "first", "n": 3}, {"step": 1, "loss": 0.5}) == STOP
+    alone = ParetoHalving(eta=3, rungs=1, baseline=BASELINE, state_to=str(tmp_path / "other"))
+    assert alone.decide("d", {"selector": "first", "n": 2}, at(1 / 3, 0.5, 150)) == CONTINUE
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="eta"):
+        ParetoHalving(eta=1)
