@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from raylsl.config import CalibrationSettings, DataSettings, TaskSettings
-from raylsl.data import MCExample, TaskSplits, load_task
+from raylsl.data import GenExample, MCExample, TaskSplits, load_task
 from raylsl.errors import ConfigError
 from raylsl.models import find_blocks, model_kind, resolve_model
 from raylsl.objective import make_objective
@@ -53,7 +53,7 @@ def select_layers(model: str | nn.Module, data: str | TaskSplits | list[MCExampl
     train = data.train if isinstance(data, TaskSplits) else list(data)
     validation = data.validation if isinstance(data, TaskSplits) else []
     path, blocks = find_blocks(model, blocks_path)
-    objective = make_objective(kind, tokenizer, max_length)
+    objective = make_objective(kind, tokenizer, max_length, generative=bool(train) and isinstance(train[0], GenExample))
     return select_blocks(model, blocks, objective, train, chosen, budget,
                          CalibrationSettings(calibration_size, calibration_seed, batch_size),
                          target_modules, max_length, use_cache, validation=validation, blocks_path=path)

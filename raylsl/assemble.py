@@ -18,7 +18,7 @@ from raylsl.callbacks import Callback
 from raylsl.config import TrainSettings
 from raylsl.lora import apply_lora
 from raylsl.models import find_blocks
-from raylsl.objective import Objective, make_objective
+from raylsl.objective import Objective, run_objective
 from raylsl.plan import Plan
 from raylsl.selectors import TrainingContext, build_selector
 
@@ -70,7 +70,7 @@ def assemble(plan: Plan, device: torch.device, loaded: tuple[nn.Module, Any] | N
     seed_everything(config.train.seed)
     blocks = find_blocks(model, plan.blocks_path)[1]
     peft_model = apply_lora(model, list(plan.layers), config.lora, plan.blocks_path, blocks, plan.kind)
-    objective = make_objective(plan.kind, tokenizer, config.data.max_length)
+    objective = run_objective(plan.kind, tokenizer, config, plan.task.generative)
     dynamic = None
     if config.selector is not None:
         selector = build_selector(config.selector, config.selector_options.get(config.selector))

@@ -18,6 +18,7 @@ import yaml
 from raylsl.errors import ConfigError
 
 TRACKERS = ("none", "tensorboard", "mlflow")
+TASK_FORMATS = ("auto", "mc", "completion", "alpaca", "chat", "text")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,30 @@ class TaskSettings:
     """Column holding the index of the correct answer."""
     split: str = "train"
     """Split to read from an HF dataset; raylsl makes its own train/validation/test from it."""
+    format: str = "auto"
+    """auto (from the first row's fields), mc (context/choices/label), completion
+    (prompt/completion), alpaca (instruction/input/output), chat (messages) or text."""
+    chat_template: str | None = None
+    """A Jinja chat template for chat data (default: the tokenizer's own)."""
+    answer_pattern: str | None = None
+    """Generative tasks: a regex whose first group (or whole match) is the answer in a text. A row's
+    reference is its ``answer`` field, else this pattern's match in its completion (default:
+    GSM8K's ``#### 42``); a generated answer is this match (default: ``####``, else the last number)."""
+    max_new_tokens: int = 128
+    """Generative tasks with references: greedy generation stops after this many tokens..."""
+    stop: tuple[str, ...] = ()
+    """...or at end of sequence, or at the first of these strings."""
+
+    def __post_init__(self) -> None:
+        _check(self.format in TASK_FORMATS, "task.format", self.format, f"must be one of {', '.join(TASK_FORMATS)}")
+        _check(self.max_new_tokens > 0, "task.max_new_tokens", self.max_new_tokens, "must be > 0")
+        if self.answer_pattern is not None:
+            import re
+
+            try:
+                re.compile(self.answer_pattern)
+            except re.error as exc:
+                raise ConfigError(f"task.answer_pattern={self.answer_pattern!r} is not a regular expression: {exc}") from None
 
 
 @dataclass(frozen=True)

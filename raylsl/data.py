@@ -1,6 +1,16 @@
-"""Multiple-choice tasks: loading, validation and deterministic train/validation/test splits.
+"""Tasks: loading, validation and deterministic train/validation/test splits.
 
-Every task becomes a list of `MCExample` (context, choices, label). Sources:
+A multiple-choice task becomes a list of `MCExample` (context, choices, label); a generative one
+(instruction, chat or completion data, or plain text) a list of `GenExample`. A file's format is
+found from its first row's fields (or forced with ``task.format``):
+
+    mc          {"context": ..., "choices": [...], "label": 0}   (field names: task.*_field)
+    completion  {"prompt": ..., "completion": ...}
+    alpaca      {"instruction": ..., "input": ..., "output": ...}  (Stanford Alpaca's prompt)
+    chat        {"messages": [{"role": ..., "content": ...}, ...]}  (the tokenizer's chat template)
+    text        {"text": ...}   (language modelling: every token is a target)
+
+Every generative row may carry ``answer``, a reference answer. Sources:
     catalog: ``sarcasm`` (28.6k headlines, 2-way), ``quartz`` (3.9k, 2-way), ``socialiqa``
         (2.2k, 3-way), read straight from the ``evals==3.0.1.post1`` wheel's zip;
     files: ``.jsonl`` read here line by line (errors name file and line), ``.json``/``.csv``/
@@ -33,13 +43,41 @@ class MCExample:
 
 
 @dataclass(frozen=True)
+class GenExample:
+    """A generative example: what the model reads and what it learns to write.
+
+    ``completion`` rows (and ``alpaca`` rows, rendered with Alpaca's prompt) hold ``prompt`` and
+    ``completion``; ``chat`` rows hold ``messages`` as (role, content) pairs, every assistant turn a
+    target; ``text`` rows hold ``text``, every token a target."""
+
+    format: str
+    prompt: str = ""
+    completion: str = ""
+    messages: tuple[tuple[str, str], ...] = ()
+    text: str = ""
+    answer: str | None = None
+
+
+GENERATIVE_FORMATS = ("completion", "alpaca", "chat", "text")
+ALPACA_PROMPT = ("Below is an instruction that describes a task{with_input}. Write a response that appropriately "
+                 "completes the request.\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n")
+"""Stanford Alpaca's prompt (with and without an input), as LLaMA-Factory's and axolotl's
+``alpaca`` templates render it for base models."""
+
+
+@dataclass(frozen=True)
 class TaskSplits:
     """Disjoint splits of one task. Selection and tuning may read train and validation only."""
 
     name: str
-    train: list[MCExample]
-    validation: list[MCExample]
-    test: list[MCExample]
+    train: list
+    validation: list
+    test: list
+
+    @property
+    def generative(self) -> bool:
+        """Instruction, chat, completion or text data (`GenExample`), not multiple choice."""
+        return bool(self.train) and isinstance(self.train[0], GenExample)
 
 
 def load_task(task: TaskSettings, data: DataSettings) -> TaskSplits:
@@ -52,12 +90,18 @@ def load_task(task: TaskSettings, data: DataSettings) -> TaskSplits:
     return split_examples(task.name, examples, data)
 
 
-def example_record(example: MCExample) -> dict[str, Any]:
+def example_record(example) -> dict[str, Any]:
     """An example as plain JSON values (a sweep stores its task's examples in its storage)."""
+    if isinstance(example, GenExample):
+        return {"kind": "gen", "format": example.format, "prompt": example.prompt, "completion": example.completion,
+                "messages": [list(m) for m in example.messages], "text": example.text, "answer": example.answer}
     return {"kind": "mc", "context": example.context, "choices": list(example.choices), "label": example.label}
 
 
-def example_from_record(record: dict[str, Any]) -> MCExample:
+def example_from_record(record: dict[str, Any]):
+    if record.get("kind") == "gen":
+        return GenExample(record["format"], record["prompt"], record["completion"],
+                          tuple(tuple(m) for m in record["messages"]), record["text"], record["answer"])
     return MCExample(record["context"], tuple(record["choices"]), record["label"])
 
 
@@ -93,10 +137,34 @@ def split_examples(name: str, examples: list[MCExample], data: DataSettings) -> 
     return TaskSplits(name, train, val, test)
 
 
-def make_example(row: Any, task: TaskSettings, where: str) -> MCExample:
-    """Validates one row (a mapping) into an `MCExample`; errors name ``where`` (file:line)."""
+def row_format(row: dict, task: TaskSettings) -> str | None:
+    """The format a row's fields say it is in (None: none fits)."""
+    if task.context_field in row and task.choices_field in row:
+        return "mc"
+    if "messages" in row:
+        return "chat"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "completion"
+    if "text" in row:
+        return "text"
+    return None
+
+
+def make_example(row: Any, task: TaskSettings, where: str, fmt: str | None = None):
+    """Validates one row (a mapping) into an `MCExample` or a `GenExample`, in format ``fmt``
+    (default: ``task.format``, or the row's own when that is auto); errors name ``where`` (file:line)."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    fmt = fmt or (task.format if task.format != "auto" else row_format(row, task))
+    if fmt is None:
+        raise DataError(f"{where}: cannot tell the row's format from its fields {sorted(row)}; rows need "
+                        f"'{task.context_field}'/'{task.choices_field}'/'{task.label_field}' (multiple choice), "
+                        f"'prompt'/'completion', 'instruction'/'input'/'output', 'messages' or 'text' "
+                        f"(or set task.format=)")
+    if fmt in GENERATIVE_FORMATS:
+        return _generative(row, fmt, where)
     missing = [f for f in (task.context_field, task.choices_field, task.label_field) if f not in row]
     if missing:
         raise DataError(f"{where}: missing field(s) {', '.join(missing)}; each row needs "
@@ -113,8 +181,52 @@ def make_example(row: Any, task: TaskSettings, where: str) -> MCExample:
     return MCExample(context, tuple(choices), label)
 
 
-def _read_jsonl(path: Path, task: TaskSettings) -> list[MCExample]:
+def _text(row: dict, key: str, where: str, fmt: str, empty_ok: bool = False) -> str:
+    if key not in row:
+        raise DataError(f"{where}: missing field '{key}' of a {fmt} row (all rows of a task have one format: "
+                        f"task.format, or else the first row's)")
+    value = row.get(key)
+    if not isinstance(value, str) or (not empty_ok and not value.strip()):
+        raise DataError(f"{where}: '{key}' must be a non-empty string in a {fmt} row" if not empty_ok
+                        else f"{where}: '{key}' must be a string in a {fmt} row")
+    return value
+
+
+def _generative(row: dict, fmt: str, where: str) -> GenExample:
+    answer = row.get("answer")
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise DataError(f"{where}: 'answer' must be a string or a number")
+    answer = None if answer is None else str(answer)
+    if fmt == "completion":
+        return GenExample(fmt, prompt=_text(row, "prompt", where, fmt, empty_ok=True),
+                          completion=_text(row, "completion", where, fmt), answer=answer)
+    if fmt == "alpaca":
+        instruction = _text(row, "instruction", where, fmt)
+        extra = row.get("input") or ""
+        if not isinstance(extra, str):
+            raise DataError(f"{where}: 'input' must be a string in an alpaca row")
+        prompt = ALPACA_PROMPT.format(with_input=", paired with an input that provides further context" if extra else "",
+                                      instruction=instruction, input_block=f"### Input:\n{extra}\n\n" if extra else "")
+        return GenExample(fmt, prompt=prompt, completion=_text(row, "output", where, fmt), answer=answer)
+    if fmt == "text":
+        return GenExample(fmt, text=_text(row, "text", where, fmt), answer=answer)
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role': ..., 'content': ...}}")
+    pairs = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+                or not isinstance(message.get("content"), str):
+            raise DataError(f"{where}: messages[{i}] must be {{'role': <string>, 'content': <string>}}")
+        pairs.append((message["role"], message["content"]))
+    if not any(role == "assistant" for role, _ in pairs):
+        raise DataError(f"{where}: a chat row needs at least one 'assistant' message (the turns the model learns)")
+    return GenExample(fmt, messages=tuple(pairs), answer=answer)
+
+
+def _read_jsonl(path: Path, task: TaskSettings) -> list:
     examples = []
+    fmt = None if task.format == "auto" else task.format
     with path.open() as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -123,7 +235,9 @@ def _read_jsonl(path: Path, task: TaskSettings) -> list[MCExample]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg}); fix or remove that line") from None
-            examples.append(make_example(row, task, f"{path}:{lineno}"))
+            if fmt is None and isinstance(row, dict):  # the first row decides; every row is then held to it
+                fmt = row_format(row, task)
+            examples.append(make_example(row, task, f"{path}:{lineno}", fmt))
     if not examples:
         raise DataError(f"{path} holds no examples")
     return examples
@@ -148,7 +262,9 @@ def _rows_from_datasets(where: str, task: TaskSettings, builder: str, **kwargs) 
         ds = datasets.load_dataset(builder, split=task.split, **kwargs)
     except Exception as exc:  # datasets raises many types for unreachable hubs and bad files
         raise DataError(f"cannot load {where} (split '{task.split}'): {exc}") from None
-    return [make_example(row, task, f"{where} row {i}") for i, row in enumerate(ds)]
+    fmt = None if task.format == "auto" or not len(ds) else task.format
+    fmt = fmt or (row_format(ds[0], task) if len(ds) else None)
+    return [make_example(row, task, f"{where} row {i}", fmt) for i, row in enumerate(ds)]
 
 
 # --- offline catalog from the evals wheel ---------------------------------------------------------

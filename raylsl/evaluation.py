@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from raylsl.assemble import Assembled
-from raylsl.objective import make_objective
+from raylsl.objective import run_objective
 from raylsl.plan import build_plan, local_device
 from raylsl.storage import Storage
 from raylsl.training.session import evaluate_assembled
@@ -28,8 +28,8 @@ def evaluate_adapter(config, adapter: Storage | None, layers: list[int] | None, 
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, local)
-        a = Assembled(plan, model, tokenizer, make_objective(plan.kind, tokenizer, config.data.max_length), None,
-                      local_device())
+        objective = run_objective(plan.kind, tokenizer, config, plan.task.generative)
+        a = Assembled(plan, model, tokenizer, objective, None, local_device())
         metrics = evaluate_assembled(a, getattr(plan.task, split), f"eval {split}")
     return {"model": config.model, "task": config.task.name, "adapter": adapter.uri if adapter else None,
             "split": split, **metrics}

@@ -190,11 +190,12 @@ def _select(config: RunConfig, selector, kind: str, loaded, blocks, blocks_path:
     budget = Budget(config.n, config.threshold, config.mass)
     if not selector.needs_data:
         return run_selector(selector, budget, len(blocks), None, None)
-    from raylsl.objective import make_objective
+    from raylsl.objective import run_objective
 
     model, tokenizer = loaded
     model.to(local_device())
-    return select_blocks(model, blocks, make_objective(kind, tokenizer, config.data.max_length), task.train, selector,
+    objective = run_objective(kind, tokenizer, config, task.generative)
+    return select_blocks(model, blocks, objective, task.train, selector,
                          budget, config.calibration, config.lora.target_modules, config.data.max_length,
                          validation=task.validation, blocks_path=blocks_path, lora=config.lora,
                          train_settings=config.train)

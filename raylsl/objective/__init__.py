@@ -1,6 +1,7 @@
 """Training losses and evaluation for each model family and task kind."""
 
-from raylsl.objective.base import Objective, evaluate, make_objective, to_device
+from raylsl.objective.base import Objective, evaluate, make_objective, run_objective, to_device
+from raylsl.objective.generative import DecoderLM
 from raylsl.objective.multiple_choice import DecoderMC, EncoderMC
 
-__all__ = ["DecoderMC", "EncoderMC", "Objective", "evaluate", "make_objective", "to_device"]
+__all__ = ["DecoderLM", "DecoderMC", "EncoderMC", "Objective", "evaluate", "make_objective", "run_objective", "to_device"]

@@ -43,11 +43,32 @@ class Objective(Protocol):
         """Rates from `evaluate_batch` values summed over examples (and ranks)."""
 
 
-def make_objective(kind: str, tokenizer, max_length: int) -> Objective:
+def make_objective(kind: str, tokenizer, max_length: int, generative: bool = False,
+                   chat_template: str | None = None, generation: dict | None = None) -> Objective:
+    """The objective for a model family (``kind``) and a task: multiple choice, or generative
+    (`raylsl.objective.generative`, decoders only; ``generation``: its ``answer_pattern``,
+    ``max_new_tokens`` and ``stop``)."""
     from raylsl.models import ENCODER
     from raylsl.objective.multiple_choice import DecoderMC, EncoderMC
 
+    if generative:
+        if kind == ENCODER:
+            from raylsl.errors import ConfigError
+
+            raise ConfigError("generative tasks (completion, alpaca, chat, text rows) train a decoder; this model "
+                              "is an encoder: pick a decoder model, or give multiple-choice rows")
+        from raylsl.objective.generative import DecoderLM
+
+        return DecoderLM(tokenizer, max_length, chat_template, **(generation or {}))
     return (EncoderMC if kind == ENCODER else DecoderMC)(tokenizer, max_length)
+
+
+def run_objective(kind: str, tokenizer, config, generative: bool) -> Objective:
+    """`make_objective` with a run config's task and data settings."""
+    task = config.task
+    return make_objective(kind, tokenizer, config.data.max_length, generative, task.chat_template,
+                          {"answer_pattern": task.answer_pattern, "max_new_tokens": task.max_new_tokens,
+                           "stop": task.stop})
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -65,7 +86,8 @@ def evaluate(model: nn.Module, objective: Objective, examples: list, batch_size:
              autocast: torch.autocast | None = None, progress: bool = False, desc: str = "eval",
              rank: int = 0, world: int = 1, per_example: bool = False) -> dict[str, Any]:
     """Every metric the objective has over ``examples`` (accuracies, loss, perplexity, ``n``);
-    with ``per_example``, also ``"per_example": {"acc": [...]}`` in the order of ``examples``
+    with ``per_example``, also ``"per_example": {"acc": [...]}`` (generative tasks: ``"loss"``,
+    each example's mean target NLL) in the order of ``examples``
     (what paired bootstrap intervals over the examples need).
 
     Examples are batched by token length (longest first), so a batch pads little; the result does
@@ -100,14 +122,16 @@ def evaluate(model: nn.Module, objective: Objective, examples: list, batch_size:
     sums = dict(zip(objective.sums, totals.tolist()))
     metrics = {**objective.metrics(sums), "n": int(sums["n"])}
     if per_example:
-        pairs = [(i, r["acc"]) for i, r in zip(indices, results[:counted])]
+        key = "acc" if "acc" in objective.sums else "loss"  # generative tasks: each example's mean target NLL
+        value = (lambda r: r["acc"]) if key == "acc" else (lambda r: r["nll"] / max(r["tokens"], 1))
+        pairs = [(i, value(r)) for i, r in zip(indices, results[:counted])]
         if world > 1:
             import torch.distributed as dist
 
             gathered: list = [None] * world
             dist.all_gather_object(gathered, pairs)
             pairs = [pair for part in gathered for pair in part]
-        metrics["per_example"] = {"acc": [acc for _, acc in sorted(pairs)]}
+        metrics["per_example"] = {key: [v for _, v in sorted(pairs)]}
     return metrics
 
 

@@ -198,6 +198,57 @@ def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor]) -> str:
     return LAYOUTS[found]
 
 
+class CausalTargets:
+    """Training on a causal LM's target tokens, for objectives that say which tokens are targets
+    (`tokens`): batches in both layouts, the summed target NLL in the layout `choose_layout`
+    picked at the first loss, and per-example target NLL for evaluation."""
+
+    tokenizer = None
+    layout: str | None = None
+    """Training layout (packed / padded / full), chosen at the first loss computed."""
+
+    def tokens(self, example) -> Tokens:
+        raise NotImplementedError
+
+    def batch(self, examples: list) -> dict[str, torch.Tensor]:
+        """The examples' target sequences as right-padded rows and as packed rows."""
+        seqs = [self.tokens(ex) for ex in examples]
+        pad = self.tokenizer.pad_token_id
+        return {**padded(seqs, pad), **packed(seqs, pad)}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], normalizer: float | None = None) -> torch.Tensor:
+        if self.layout is None:
+            self.layout = choose_layout(model, _head_rows(batch, self.tokenizer.pad_token_id))
+        return target_nll(model, batch, self.layout) / (normalizer or self.target_count(batch))
+
+    def target_count(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["target_mask"].sum())
+
+    def target_nll_per_example(self, model: nn.Module, examples: list) -> list[tuple[float, int]]:
+        """(summed target NLL, target count) of each example: one padded forward, the head only at
+        the positions that predict a target."""
+        device = next(unwrap(model).parameters()).device
+        batch = {k: v.to(device) for k, v in padded([self.tokens(ex) for ex in examples],
+                                                     self.tokenizer.pad_token_id).items()}
+        targets = batch["target_mask"]
+        predicts = F.pad(targets[:, 1:], (0, 1))
+        with head_only_at(model, predicts):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        nll = F.cross_entropy(logits.float(), batch["input_ids"][:, 1:][targets[:, 1:]], reduction="none")
+        rows = predicts.nonzero()[:, 0]
+        sums = torch.zeros(len(examples), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
+        return [(float(total), int(count)) for total, count in zip(sums.tolist(), targets.sum(-1).tolist())]
+
+
+def _head_rows(batch: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
+    """The first few sequences of a batch, in every layout (for `choose_layout`)."""
+    seqs = []
+    for row in range(min(VERIFY_EXAMPLES, batch["input_ids"].shape[0])):
+        n = int(batch["attention_mask"][row].sum())
+        seqs.append(Tokens(tuple(batch["input_ids"][row, :n].tolist()), tuple(batch["target_mask"][row, :n].tolist())))
+    return sample_batch(batch, seqs, pad_id)
+
+
 def _max_over_ranks(value: int, device: torch.device) -> int:
     import torch.distributed as dist
 

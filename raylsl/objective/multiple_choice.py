@@ -20,19 +20,17 @@ from torch import nn
 from raylsl.data import MCExample
 from raylsl.models import DECODER, ENCODER
 from raylsl.objective.base import loss_metrics
-from raylsl.objective.causal import (VERIFY_EXAMPLES, VERIFY_RTOL, Group, Tokens, choose_layout, continuation_logprobs,
-                                     packed, padded, sample_batch, target_nll)
+from raylsl.objective.causal import VERIFY_EXAMPLES, VERIFY_RTOL, CausalTargets, Group, Tokens, continuation_logprobs
 
 
-class DecoderMC:
+class DecoderMC(CausalTargets):
     kind = DECODER
     sums = ("acc", "acc_norm", "nll", "tokens", "n")
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.layout: str | None = None
-        """Training layout (packed / padded / full), chosen at the first loss computed."""
+        self.layout = None
         self.cached_scoring: bool | None = None
         """Whether evaluation reuses each context's KV cache, checked at the first evaluation."""
         self._encoded: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {}
@@ -59,20 +57,6 @@ class DecoderMC:
 
     def length(self, example: MCExample) -> int:
         return len(self.encode_pair(example.context, example.choices[0])[0])
-
-    def batch(self, examples: list[MCExample]) -> dict[str, torch.Tensor]:
-        """The correct continuations as right-padded rows and as packed rows."""
-        seqs = [self.tokens(ex) for ex in examples]
-        pad = self.tokenizer.pad_token_id
-        return {**padded(seqs, pad), **packed(seqs, pad)}
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], normalizer: float | None = None) -> torch.Tensor:
-        if self.layout is None:
-            self.layout = choose_layout(model, _head_rows(batch, self.tokenizer.pad_token_id))
-        return target_nll(model, batch, self.layout) / (normalizer or self.target_count(batch))
-
-    def target_count(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["target_mask"].sum())
 
     def choice_logprobs(self, model: nn.Module, examples: list[MCExample], use_cache: bool = True) -> list[list[float]]:
         """Summed log-probability of every choice of every example. A context is encoded once when
@@ -103,15 +87,6 @@ class DecoderMC:
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         n = max(sums.get("n", 0), 1)
         return {"acc": sums["acc"] / n, "acc_norm": sums["acc_norm"] / n, **loss_metrics(sums)}
-
-
-def _head_rows(batch: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
-    """The first few sequences of a batch, in every layout (for `choose_layout`)."""
-    seqs = []
-    for row in range(min(VERIFY_EXAMPLES, batch["input_ids"].shape[0])):
-        n = int(batch["attention_mask"][row].sum())
-        seqs.append(Tokens(tuple(batch["input_ids"][row, :n].tolist()), tuple(batch["target_mask"][row, :n].tolist())))
-    return sample_batch(batch, seqs, pad_id)
 
 
 def _cache_agrees(objective: DecoderMC, model: nn.Module, examples: list[MCExample]) -> bool:

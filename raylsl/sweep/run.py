@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from raylsl.config import SMOKE_OVERRIDES, with_overrides
-from raylsl.data import example_from_record, example_record, read_examples
+from raylsl.data import GenExample, example_from_record, example_record, read_examples
 from raylsl.errors import ConfigError
 from raylsl.plan import build_plan, load_run_config, score_key
 from raylsl.report import SweepReport, load, open_sweep
@@ -70,6 +70,10 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     name = name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     run = _new_sweep_dir(Path(output_dir) / name, base.storage, name)
     examples = read_examples(base.task)
+    if examples and isinstance(examples[0], GenExample):
+        raise ConfigError(f"task {base.task.name} is generative ({examples[0].format} rows): sweeps rank trials by "
+                          f"validation accuracy, which generative tasks do not have yet (held-out loss as a sweep "
+                          f"metric is not built); train its configurations with `raylsl train` meanwhile")
     # Trials report through Tune, whose own loggers record them (TensorBoard always, MLflow with
     # tracking=mlflow: `raylsl.tracking.sweep_callbacks`); a trial's run tracking would write into a
     # directory nobody keeps.

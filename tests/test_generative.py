@@ -1,0 +1,255 @@
+"""Generative tasks: the row formats, which tokens are targets, the held-out loss, a run end to end."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from raylsl.config import TaskSettings
+from raylsl.data import ALPACA_PROMPT, GenExample, read_examples
+from raylsl.errors import ConfigError, DataError
+from raylsl.models import DECODER, ENCODER, byte_tokenizer
+from raylsl.objective import evaluate, make_objective
+from raylsl.objective.causal import target_nll
+from raylsl.objective.generative import DecoderLM
+
+# ChatML, as SmolLM2-Instruct's tokenizer renders it (one template for the byte tokenizer)
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+WARM, COLD = ["red", "orange", "yellow"], ["blue", "green", "purple"]
+
+
+def write_rows(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def colour_rows(n: int = 120) -> list[dict]:
+    """A learnable completion task: the warmth of a named colour."""
+    colours = WARM + COLD
+    return [{"prompt": f"Item {i} is {colours[i % 6]}. Warm or cold? ", "completion": "warm" if i % 6 < 3 else "cold"}
+            for i in range(n)]
+
+
+def test_each_format_is_found_from_its_fields(tmp_path):
+    rows = {
+        "completion": {"prompt": "2+2=", "completion": "4", "answer": 4},
+        "alpaca": {"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"},
+        "chat": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        "text": {"text": "Once upon a time."},
+    }
+    for fmt, row in rows.items():
+        (example,) = read_examples(TaskSettings(name=str(write_rows(tmp_path / f"{fmt}.jsonl", [row]))))
+        assert isinstance(example, GenExample) and example.format == fmt
+    (completion,) = read_examples(TaskSettings(name=str(tmp_path / "completion.jsonl")))
+    assert (completion.prompt, completion.completion, completion.answer) == ("2+2=", "4", "4")
+    (alpaca,) = read_examples(TaskSettings(name=str(tmp_path / "alpaca.jsonl")))
+    assert alpaca.prompt == ("Below is an instruction that describes a task, paired with an input that provides further "
+                             "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                             "Add the numbers.\n\n### Input:\n2 and 2\n\n### Response:\n")
+    assert alpaca.completion == "4"
+    no_input = {"instruction": "Say hi.", "output": "hi"}
+    (plain,) = read_examples(TaskSettings(name=str(write_rows(tmp_path / "a2.jsonl", [no_input]))))
+    assert plain.prompt == ALPACA_PROMPT.format(with_input="", instruction="Say hi.", input_block="")
+    assert "### Input" not in plain.prompt
+    # a forced format reads the same rows as that format, or says which field is missing
+    with pytest.raises(DataError, match=r"a2.jsonl:1: missing field 'text' of a text row"):
+        read_examples(TaskSettings(name=str(tmp_path / "a2.jsonl"), format="text"))
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"prompt": "a", "completion": "b"}, {"text": "c"}], r"bad.jsonl:2: missing field 'prompt' of a completion row"),
+    ([{"question": "a", "reply": "b"}], r"bad.jsonl:1: cannot tell the row's format from its fields \['question', 'reply'\]"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], r"bad.jsonl:1: a chat row needs at least one 'assistant'"),
+    ([{"messages": [{"role": "user"}]}], r"bad.jsonl:1: messages\[0\] must be"),
+    ([{"prompt": "a", "completion": "b", "answer": [1]}], r"bad.jsonl:1: 'answer' must be a string or a number"),
+])
+def test_a_malformed_row_names_file_and_line(tmp_path, rows, message):
+    with pytest.raises(DataError, match=message):
+        read_examples(TaskSettings(name=str(write_rows(tmp_path / "bad.jsonl", rows))))
+
+
+def test_an_unknown_format_is_one_config_error():
+    with pytest.raises(ConfigError, match="task.format='sharegpt' must be one of auto, mc, completion"):
+        TaskSettings(format="sharegpt")
+
+
+def _targets(objective: DecoderLM, example: GenExample) -> tuple[str, str]:
+    """(every token's text, the target tokens' text), decoded."""
+    tokens = objective.tokens(example)
+    tok = objective.tokenizer
+    return (tok.decode(list(tokens.ids)),
+            tok.decode([i for i, t in zip(tokens.ids, tokens.targets) if t]))
+
+
+def test_only_the_completion_and_its_end_of_sequence_are_targets():
+    objective = DecoderLM(byte_tokenizer(), 64)
+    every, targets = _targets(objective, GenExample("completion", prompt="Q: 2+2? A:", completion=" 4"))
+    assert every == "Q: 2+2? A: 4<eos>" and targets == " 4<eos>"
+    every, targets = _targets(objective, GenExample("text", text="abcd"))
+    assert every == "abcd" and targets == "bcd"  # the first token has nothing to be predicted from
+    # too long: the prompt loses tokens from the left, the targets stay whole
+    every, targets = _targets(DecoderLM(byte_tokenizer(), 8), GenExample("completion", prompt="0123456789", completion="ab"))
+    assert every == "56789ab<eos>" and targets == "ab<eos>"
+
+
+def test_every_assistant_turn_is_a_target_with_its_end_of_turn():
+    tok = byte_tokenizer()
+    objective = DecoderLM(tok, 512, chat_template=CHATML)
+    chat = GenExample("chat", messages=(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"),
+                                        ("user", "Colour of sky?"), ("assistant", "Blue")))
+    tokens = objective.tokens(chat)
+    every = tok.decode(list(tokens.ids))
+    assert every == tok.apply_chat_template([{"role": r, "content": c} for r, c in chat.messages],
+                                            chat_template=CHATML, tokenize=False)
+    spans, current = [], []
+    for i, t in zip(tokens.ids, tokens.targets):
+        if t:
+            current.append(i)
+        elif current:
+            spans.append(tok.decode(current))
+            current = []
+    spans += [tok.decode(current)] if current else []
+    assert spans == ["Hello<|im_end|>\n", "Blue<|im_end|>\n"]
+    with pytest.raises(DataError, match="chat data needs a chat template: this model's tokenizer has none"):
+        DecoderLM(tok, 512).tokens(chat)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from raylsl.models import resolve_model
+
+    model, tokenizer = resolve_model("tiny-llama").load()
+    return model.eval(), tokenizer
+
+
+def test_held_out_loss_is_the_mean_nll_of_the_target_tokens(tiny):
+    model, tokenizer = tiny
+    objective = make_objective(DECODER, tokenizer, 64, generative=True)
+    examples = [GenExample("completion", prompt=r["prompt"], completion=r["completion"]) for r in colour_rows(10)]
+    examples.append(GenExample("text", text="a short text"))
+    metrics = evaluate(model, objective, examples, batch_size=4, per_example=True)
+    # by hand: each sequence alone, full logits, log-softmax at the positions before targets
+    nll, count, each = 0.0, 0, []
+    for ex in examples:
+        tokens = objective.tokens(ex)
+        ids = torch.tensor([tokens.ids])
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+        picked = [-float(logprobs[t - 1, ids[0, t]]) for t in range(1, len(tokens.ids)) if tokens.targets[t]]
+        nll, count = nll + sum(picked), count + len(picked)
+        each.append(sum(picked) / len(picked))
+    assert metrics["n"] == len(examples)
+    assert metrics["loss"] == pytest.approx(nll / count, rel=1e-5)
+    assert metrics["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+    assert metrics["per_example"]["loss"] == pytest.approx(each, rel=1e-5)
+    # the training loss is the same quantity, in the fast layout and the plain one
+    batch = objective.batch(examples)
+    full = float(target_nll(model, batch, "full")) / objective.target_count(batch)
+    assert float(objective.loss(model, batch)) == pytest.approx(full, rel=1e-5) == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_generative_data_needs_a_decoder():
+    with pytest.raises(ConfigError, match="generative tasks .* train a decoder; this model is an encoder"):
+        make_objective(ENCODER, byte_tokenizer(encoder=True), 64, generative=True)
+
+
+def test_training_on_completions_lowers_the_held_out_loss(tiny_config, tmp_path):
+    from raylsl.recipes import train as recipe
+
+    task = write_rows(tmp_path / "colours.jsonl", colour_rows())
+    results = recipe.train(tiny_config(task__name=str(task), train__steps=12, layers="all", train__eval_every=6),
+                           progress=False)
+    before, after = results["before"], results["after"]
+    assert set(after) == {"loss", "perplexity", "n"} and after["n"] == 32
+    assert after["loss"] < 0.8 * before["loss"], (before, after)
+    steps = [json.loads(line) for line in (Path(results["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in steps if "val_loss" in m] == [6]
+
+
+def test_a_sweep_over_a_generative_task_is_refused_before_anything_is_written(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    from raylsl.cli import main
+
+    task = write_rows(tmp_path / "colours.jsonl", colour_rows())
+    space = tmp_path / "space.yaml"
+    space.write_text("parameters: {lora.r: {choices: [4]}}\n")
+    code = main(["sweep", str(space), "model=tiny-llama", f"task={task}", "--output-dir", str(tmp_path / "sweeps")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is generative (completion rows): sweeps rank trials by validation accuracy" in err
+    assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize("selector", ["cka", "activation", "gradient"])
+def test_selectors_score_generative_data(selector):
+    import raylsl
+
+    examples = [GenExample("completion", prompt=r["prompt"], completion=r["completion"]) for r in colour_rows(40)]
+    chosen = raylsl.select_layers("tiny-llama", examples, selector=selector, n=2, calibration_size=16)
+    assert len(chosen.layers) == 2 and len(chosen.scores.scores) == 4
+    assert all(math.isfinite(s) for s in chosen.scores.scores)
+
+
+@pytest.mark.parametrize("text, pattern, expected", [
+    ("She has 3 apples, then 4 more.\n#### 7", None, "7"),
+    ("The answer is 1,234 dollars", None, "1,234"),
+    ("no number here", None, None),
+    ("Answer: (B) because", r"\(([A-D])\)", "B"),
+    ("#### 7 but pattern given", r"Answer: (\d+)", None),  # a given pattern replaces GSM8K's
+])
+def test_answers_are_extracted_like_gsm8k(text, pattern, expected):
+    from raylsl.objective.generative import extract_answer
+
+    assert extract_answer(text, pattern) == expected
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("42", "42.0", True), ("1,000", "1000", True), ("$5", "5", True), (" Paris. ", "paris", True),
+    ("new  york", "New York", True), ("42", "43", False), ("0.5", ".5", False), ("3.10", "3.1", True),
+])
+def test_normalisation(a, b, same):
+    from raylsl.objective.generative import normalize
+
+    assert (normalize(a) == normalize(b)) is same
+
+
+def test_greedy_generation_and_exact_match(tiny):
+    model, tokenizer = tiny
+    objective = DecoderLM(tokenizer, 64, max_new_tokens=6)
+    prompts = ["Item 1 is red. ", "Q: ", "A much longer prompt than the others: "]
+    # by hand: one sequence at a time, no padding, no cache, argmax until 6 tokens or <eos>
+    expected = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        new = []
+        for _ in range(6):
+            token = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            new.append(token)
+        expected.append(tokenizer.decode(new, skip_special_tokens=True))
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert objective.generate(model, ids) == expected  # batched, left-padded, KV cache: the same text
+    # exact match, with the whole continuation as the answer: references equal to what the model
+    # writes for the first two prompts (as a person would type them: other case, outer spaces),
+    # another text for the third; a text row has no reference and is not counted
+    whole = DecoderLM(tokenizer, 64, max_new_tokens=6, answer_pattern=r"(?s)(.*)")
+    references = [f"  {expected[0].upper()} ", expected[1], expected[2] + "#not generated"]
+    examples = [GenExample("completion", prompt=p, completion="x", answer=r) for p, r in zip(prompts, references)]
+    metrics = evaluate(model, whole, examples + [GenExample("text", text="no reference")], batch_size=8)
+    same_when_upper = expected[0].upper().lower() == expected[0].lower()  # byte garbage may not round-trip case
+    assert metrics["exact_match"] == pytest.approx((1 + same_when_upper) / 3)
+    # stop strings cut what is generated
+    cut = DecoderLM(tokenizer, 64, max_new_tokens=6, stop=(expected[0][2:3],) if len(expected[0]) > 2 else ())
+    if cut.stop:
+        assert cut.generate(model, ids[:1])[0] == expected[0][: expected[0].find(cut.stop[0])]
+
+
+def test_references_come_from_the_answer_field_or_the_completion():
+    objective = DecoderLM(byte_tokenizer(), 64)
+    assert objective.reference(GenExample("completion", prompt="q", completion="so 5\n#### 5", answer="6")) == "6"
+    assert objective.reference(GenExample("completion", prompt="q", completion="so 5\n#### 5")) == "5"
+    assert objective.reference(GenExample("completion", prompt="q", completion="warm")) is None  # no GSM8K answer
+    chat = GenExample("chat", messages=(("user", "2+2?"), ("assistant", "It is 4.\n#### 4")))
+    assert objective.reference(chat) == "4"
