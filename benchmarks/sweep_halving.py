@@ -2,6 +2,7 @@
 
     python benchmarks/sweep_halving.py [--trials 16] [--space benchmarks/sweep_space.yaml]
     python benchmarks/sweep_halving.py --from-runs NONE_DIR HALVING_DIR   # summarise again
+    python benchmarks/sweep_halving.py --arm pareto_halving               # one arm only
 
 Runs the space with the same sampler (TPE), seed and number of trials twice: ``scheduler: none``,
 then ``scheduler: pareto_halving`` (eta 3, rungs at 1/9 and 1/3 of a trial's steps, each rung an
@@ -70,7 +71,7 @@ def summarise(run_dir: Path, max_params: float) -> dict:
 def run_sweeps(args, space: dict) -> dict[str, Path]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dirs = {}
-    for arm in ARMS:
+    for arm in [args.arm] if args.arm else ARMS:
         variant = Path("runs") / f"bench-halving-space-{arm}-{stamp}.yaml"
         variant.parent.mkdir(exist_ok=True)
         base = (Path(args.space).parent / space["base"]).resolve()
@@ -89,8 +90,13 @@ def main() -> None:
     parser.add_argument("--eval-subset", type=int, default=100)
     parser.add_argument("--space", default=str(HERE / "sweep_space.yaml"))
     parser.add_argument("--from-runs", nargs=2, metavar=("NONE_DIR", "HALVING_DIR"))
+    parser.add_argument("--arm", choices=ARMS, help="run this arm only and print its directory (the two are "
+                                                     "then summarised with --from-runs)")
     args = parser.parse_args()
     space = yaml.safe_load(Path(args.space).read_text())
+    if args.arm:
+        print(run_sweeps(args, space)[args.arm])
+        return
     run_dirs = dict(zip(ARMS, map(Path, args.from_runs))) if args.from_runs else run_sweeps(args, space)
     from sweep_pareto import _all_blocks_params  # (benchmarks/ is on the path when run as a script)
 
