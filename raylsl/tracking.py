@@ -19,6 +19,7 @@ under one experiment per sweep; see `sweep_callbacks`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,12 @@ def _install_hint(what: str) -> RaylslError:
     return RaylslError(f"tracking={what} needs the {what} package: pip install 'raylsl[tracking]'")
 
 
-class Tracker(Callback):
+class Tracker(Callback, ABC):
     """What both trackers log and when; subclasses say how (`_scalars`, `close`)."""
 
+    @abstractmethod
     def _scalars(self, values: dict[str, float], step: int) -> None:
-        raise NotImplementedError
+        """Records ``values`` (name -> number) at ``step``."""
 
     def close(self) -> None: ...
 

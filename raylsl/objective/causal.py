@@ -23,6 +23,7 @@ over the context; multi-token continuations reuse its KV cache.
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -198,7 +199,7 @@ def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor]) -> str:
     return LAYOUTS[found]
 
 
-class CausalTargets:
+class CausalTargets(ABC):
     """Training on a causal LM's target tokens, for objectives that say which tokens are targets
     (`tokens`): batches in both layouts, the summed target NLL in the layout `choose_layout`
     picked at the first loss, and per-example target NLL for evaluation."""
@@ -207,8 +208,9 @@ class CausalTargets:
     layout: str | None = None
     """Training layout (packed / padded / full), chosen at the first loss computed."""
 
+    @abstractmethod
     def tokens(self, example) -> Tokens:
-        raise NotImplementedError
+        """The example's token ids and which of them are targets."""
 
     def batch(self, examples: list) -> dict[str, torch.Tensor]:
         """The examples' target sequences as right-padded rows and as packed rows."""
