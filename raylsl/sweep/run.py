@@ -39,7 +39,7 @@ from raylsl.report import SweepReport, load, open_sweep
 from raylsl.selectors import LayerScores, build_selector
 from raylsl.storage import RunDir, Storage
 from raylsl.tracking import MLFLOW_DIR, sweep_callbacks
-from raylsl.sweep.scheduler import rung_fractions, sweep_scheduler
+from raylsl.sweep.scheduler import sweep_rungs, sweep_scheduler
 from raylsl.sweep.search import searcher
 from raylsl.sweep.space import SearchSpace, check_against_config, load_space, scheduler_name, trial_overrides
 from raylsl.sweep.trial import SweepInputs, run_trial
@@ -84,14 +84,9 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
     scores, settings["selection"] = _score_once(trial_base, space, examples, run)
     run.write_json("sweep.json", settings)
-    inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, _rungs(settings))
+    inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, sweep_rungs(settings))
     return _fit(run, settings, inputs, progress, restore=False)
 
-
-def _rungs(settings: dict[str, Any]) -> tuple[float, ...]:
-    if settings.get("scheduler", "none") == "none":
-        return ()
-    return rung_fractions(settings["eta"], settings["rungs"])
 
 
 def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
@@ -112,7 +107,7 @@ def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
     _start_ray(settings["workers_per_trial"], progress)
     if not tune.Tuner.can_restore(run.storage.uri_of("tune")):
         raise ConfigError(f"{run.storage.uri}: the sweep stopped before Ray Tune saved any state; start it again")
-    return _fit(run, settings, SweepInputs(base, run.storage.uri, examples, scores, _rungs(settings)), progress,
+    return _fit(run, settings, SweepInputs(base, run.storage.uri, examples, scores, sweep_rungs(settings)), progress,
                 restore=True)
 
 

@@ -160,11 +160,19 @@ class ParetoHalving(FIFOScheduler):
         return f"ParetoHalving(eta={self.eta}): trials per rung {counts}; {len(self.stopped)} stopped"
 
 
+def _halving(settings: dict[str, Any]) -> bool:
+    return settings.get("scheduler", "none") != "none"
+
+
 def sweep_scheduler(settings: dict[str, Any], export_to: str):
     """The scheduler a sweep's settings ask for (None: every trial runs to its end)."""
-    if settings.get("scheduler", "none") == "none":
-        return None
-    return ParetoHalving(settings["eta"], settings["rungs"], settings.get("baseline"), export_to)
+    return ParetoHalving(settings["eta"], settings["rungs"], settings.get("baseline"), export_to) \
+        if _halving(settings) else None
+
+
+def sweep_rungs(settings: dict[str, Any]) -> tuple[float, ...]:
+    """Where a sweep's trials evaluate and report for its scheduler (none without one)."""
+    return rung_fractions(settings["eta"], settings["rungs"]) if _halving(settings) else ()
 
 
 SCHEDULERS: Sequence[str] = ("none", "pareto_halving")
