@@ -58,7 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from raylsl.recipes.evaluate import evaluate_target
 
     target, overrides = _split_positionals(args.items)
-    print(json.dumps(evaluate_target(target, overrides, args.split), indent=2))
+    print(json.dumps(evaluate_target(target, overrides, args.split, args.samples), indent=2))
     return 0
 
 
@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="test accuracy of a run's adapter or of a base model")
     evaluate.add_argument("items", nargs="*", metavar="[RUN_DIR|CONFIG.yaml] [KEY=VALUE ...]")
     evaluate.add_argument("--split", default="test", help="test (default) or validation")
+    evaluate.add_argument("--samples", type=int, default=0, metavar="N",
+                          help="generative tasks: write the first N examples' generations, extracted answers and "
+                               "references to samples_SPLIT.jsonl in the run (or the working directory)")
     evaluate.set_defaults(func=cmd_eval)
 
     sweep = sub.add_parser("sweep", help="Ray Tune + Optuna sweep: accuracy vs trainable parameters")

@@ -1,14 +1,16 @@
-"""Pareto reports of a sweep: accuracy against trainable parameters.
+"""Pareto reports of a sweep: the task's validation metric against trainable parameters.
 
     report = raylsl.report.load("runs/sweep-default-...")
     report.trials            # every trial (pandas DataFrame), failed ones with their error
-    report.pareto_front()    # the non-dominated finished trials: max validation accuracy, min parameters
+    report.pareto_front()    # the non-dominated finished trials: best validation metric, fewest parameters
     report.plot("front.png")
     report.recommend(eps=0.01)  # the fewest parameters within eps of all blocks, with bootstrap intervals
 
 The trials come from Ray Tune's own records of the experiment (``tune/`` in the sweep's storage),
 with each trial's final checkpoint (its adapter and results); the Optuna study is not consulted, so
-a trial Optuna lost track of still counts. Test accuracy is filled in only for front members, by
+a trial Optuna lost track of still counts. The metric is the task's (`METRICS`: accuracy for
+multiple choice, exact match or held-out loss for generative tasks), named in the columns
+(``val_acc``, ``val_exact_match``, ``val_loss``, and ``test_*``). The test metric is filled in only for front members, by
 `raylsl.sweep.run.evaluate_front` after the search. ``load`` takes the local sweep directory or the
 sweep's storage URI, so a report can be made from any machine that reads the storage.
 """
@@ -26,15 +28,30 @@ import numpy as np
 from raylsl.errors import ConfigError
 from raylsl.storage import RunDir, Storage, is_remote
 
-OBJECTIVES = {"val_acc": "max", "trainable_params": "min"}
+METRICS = {"acc": "max", "exact_match": "max", "loss": "min"}
+"""The metrics a sweep can rank trials by, and their direction."""
+LABELS = {"acc": "accuracy", "exact_match": "exact match", "loss": "loss"}
 STOPPED = "STOPPED_EARLY"
-"""A trial the sweep's scheduler stopped at a rung; its ``val_acc`` is the rung's (subset) evaluation."""
+"""A trial the sweep's scheduler stopped at a rung; its validation metric is the rung's (subset) evaluation."""
 SCHEDULER_STATE = "scheduler.json"
 """The scheduler's rung records and the trials it stopped, in the sweep's storage."""
-COLUMNS = ["trial", "trial_id", "status", "selector", "n", "rank", "blocks", "trainable_params", "pct_of_all_blocks",
-           "val_acc", "test_acc", "train_time_s", "selection_time_s", "checkpoint", "params", "error", "curve"]
-"""``checkpoint``: the URI of the trial's final checkpoint (``adapter/`` and ``results.json`` inside);
-``curve``: validation accuracy by step, ``[[step, val_acc], ...]`` (JSON)."""
+
+
+def objectives(metric: str = "acc") -> dict[str, str]:
+    """A sweep's two objectives as Tune result keys and directions: the validation metric, and
+    trainable parameters (minimised)."""
+    if metric not in METRICS:
+        raise ConfigError(f"metric={metric!r}; choose one of {', '.join(METRICS)}")
+    return {f"val_{metric}": METRICS[metric], "trainable_params": "min"}
+
+
+def columns(metric: str = "acc") -> list[str]:
+    """The report's columns. ``checkpoint``: the URI of the trial's final checkpoint (``adapter/``
+    and ``results.json`` inside); ``curve``: the validation metric by step, ``[[step, value], ...]``
+    (JSON)."""
+    return ["trial", "trial_id", "status", "selector", "n", "rank", "blocks", "trainable_params", "pct_of_all_blocks",
+            f"val_{metric}", f"test_{metric}", "train_time_s", "selection_time_s", "checkpoint", "params", "error",
+            "curve"]
 
 
 def pareto_mask(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -83,6 +100,25 @@ class SweepReport:
     """Trials the sweep was asked for."""
     storage: Storage | None = None
     """The sweep's storage directory (``run_dir`` itself without ``storage=``)."""
+    metric: str = "acc"
+    """The validation metric trials are ranked by (a key of `METRICS`)."""
+
+    @property
+    def val(self) -> str:
+        """The column of the validation metric (``val_acc``, ``val_exact_match``, ``val_loss``)."""
+        return f"val_{self.metric}"
+
+    @property
+    def test(self) -> str:
+        return f"test_{self.metric}"
+
+    @property
+    def maximise(self) -> bool:
+        return METRICS[self.metric] == "max"
+
+    def _best_first(self, frame, by_params: bool = True):
+        keys = ["trainable_params", self.val] if by_params else [self.val]
+        return frame.sort_values(keys, ascending=[True, not self.maximise] if by_params else [not self.maximise])
 
     @property
     def complete(self) -> bool:
@@ -91,13 +127,14 @@ class SweepReport:
         return self.planned is None or done >= self.planned
 
     def pareto_front(self):
-        """Finished trials that no other finished trial beats on both validation accuracy and
+        """Finished trials that no other finished trial beats on both the validation metric and
         trainable parameters, sorted by parameters."""
         done = self.trials[self.trials["status"] == "TERMINATED"]
         if done.empty:
             return done
-        mask = pareto_mask(done[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()))
-        return done[mask].sort_values(["trainable_params", "val_acc"], ascending=[True, False])
+        goals = objectives(self.metric)
+        mask = pareto_mask(done[list(goals)].to_numpy(dtype=float), list(goals.values()))
+        return self._best_first(done[mask])
 
     def baseline(self):
         """The all-blocks LoRA trial(s) that finished."""
@@ -116,21 +153,21 @@ class SweepReport:
         fig, ax = plt.subplots(figsize=(8.5, 4.8))
         done = self.trials[self.trials["status"] == "TERMINATED"]
         for selector, group in done.groupby("selector"):
-            ax.scatter(group["trainable_params"], group["val_acc"], label=selector, alpha=0.75, s=30)
+            ax.scatter(group["trainable_params"], group[self.val], label=selector, alpha=0.75, s=30)
         front = self.pareto_front()
         if not front.empty:
-            ax.step(front["trainable_params"], front["val_acc"], where="post", color="black", lw=1.2,
+            ax.step(front["trainable_params"], front[self.val], where="post", color="black", lw=1.2,
                     label="Pareto front")
         base = self.baseline()
         if not base.empty:
-            ax.scatter(base["trainable_params"], base["val_acc"], marker="*", s=260, color="gold",
+            ax.scatter(base["trainable_params"], base[self.val], marker="*", s=260, color="gold",
                        edgecolor="black", zorder=5, label="all blocks (LoRA)")
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("trainable parameters (log scale)")
-        ax.set_ylabel("validation accuracy")
+        ax.set_ylabel(f"validation {LABELS[self.metric]}" + ("" if self.maximise else " (lower is better)"))
         failed = int((self.trials["status"] == "ERROR").sum())
         stopped = int((self.trials["status"] == STOPPED).sum())
         notes = [f"{failed} failed"] * bool(failed) + [f"{stopped} stopped early"] * bool(stopped)
@@ -145,10 +182,12 @@ class SweepReport:
 
     def recommend(self, eps: float = 0.01, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
         """Which blocks to train: the finished trial with the fewest trainable parameters whose
-        validation accuracy is within ``eps`` of the all-block baseline's (at least baseline - eps),
-        ties to the higher accuracy, so it is a front member.
+        validation metric is within ``eps`` of the all-block baseline's (at least baseline - eps for
+        accuracy and exact match, at most baseline + eps for loss), ties to the better metric, so it
+        is a front member.
 
-        Returns the trial's row as a dict with ``val_ci``, ``baseline_val_acc``, ``baseline_ci`` and
+        Returns the trial's row as a dict with ``val_ci``, ``baseline_val`` (also under
+        ``baseline_val_acc``/``baseline_val_loss``..., the metric's column name), ``baseline_ci`` and
         ``diff_ci``: 95% percentile intervals from a paired bootstrap over the validation examples
         (every trial is validated on the same examples; ``None`` when a trial's results hold no
         per-example record), and ``text``, the sentence ``pareto.md`` and ``raylsl report`` open
@@ -160,43 +199,47 @@ class SweepReport:
         if base.empty:
             return {"trial_id": None, "eps": eps,
                     "text": "No recommendation: the all-block baseline trial did not finish."}
-        baseline = base.sort_values("val_acc", ascending=False).iloc[0]
-        within = done[done["val_acc"] >= baseline["val_acc"] - eps - 1e-12]
-        pick = within.sort_values(["trainable_params", "val_acc"], ascending=[True, False]).iloc[0]
+        val, name = self.val, LABELS[self.metric]
+        baseline = self._best_first(base, by_params=False).iloc[0]
+        margin = eps + 1e-12
+        within = done[done[val] >= baseline[val] - margin] if self.maximise else done[done[val] <= baseline[val] + margin]
+        pick = self._best_first(within).iloc[0]
         if pick["trainable_params"] >= baseline["trainable_params"]:
-            return {"trial_id": None, "eps": eps, "baseline_val_acc": float(baseline["val_acc"]),
+            return {"trial_id": None, "eps": eps, "baseline_val": float(baseline[val]),
+                    f"baseline_{val}": float(baseline[val]),
                     "text": f"No trial with fewer trainable parameters than all-block LoRA is within {eps:g} of "
-                            f"its validation accuracy ({baseline['val_acc']:.3f}): train all blocks."}
-        ours, theirs = _per_example(pick["checkpoint"]), _per_example(baseline["checkpoint"])
-        out = {**{k: _plain(v) for k, v in pick.to_dict().items()}, "eps": eps,
-               "baseline_val_acc": float(baseline["val_acc"]), "baseline_trainable_params": int(baseline["trainable_params"]),
+                            f"its validation {name} ({baseline[val]:.3f}): train all blocks."}
+        ours, theirs = _per_example(pick["checkpoint"], self.metric), _per_example(baseline["checkpoint"], self.metric)
+        out = {**{k: _plain(v) for k, v in pick.to_dict().items()}, "eps": eps, "baseline_val": float(baseline[val]),
+               f"baseline_{val}": float(baseline[val]), "baseline_trainable_params": int(baseline["trainable_params"]),
                "val_ci": None, "baseline_ci": None, "diff_ci": None, "n_val": None}
         if ours is not None and theirs is not None and len(ours) == len(theirs) and len(ours) > 0:
             rng = np.random.default_rng(seed)
             index = rng.integers(0, len(ours), size=(n_boot, len(ours)))
-            a, b = ours[index].mean(1), theirs[index].mean(1)
+            a, b = _ratio(ours[index]), _ratio(theirs[index])
             out.update(val_ci=_interval(a), baseline_ci=_interval(b), diff_ci=_interval(a - b), n_val=len(ours))
         ci = (lambda key: f" [{out[key][0]:.3f}, {out[key][1]:.3f}]" if out[key] else "")
-        test = "" if _missing(pick["test_acc"]) else f"; test acc {pick['test_acc']:.3f}"
+        test = "" if _missing(pick[self.test]) else f"; test {name} {pick[self.test]:.3f}"
         how = (f"95% paired bootstrap over {out['n_val']} validation examples" if out["n_val"]
                else "no per-example validation record: no intervals")
         out["text"] = (f"Recommended (within {eps:g} of all blocks): {pick['selector']}, blocks {pick['blocks']}, "
                        f"rank {pick['rank']}: {int(pick['trainable_params']):,} trainable parameters "
-                       f"({pick['pct_of_all_blocks']:.1f}% of all-block LoRA); val acc {pick['val_acc']:.3f}"
-                       f"{ci('val_ci')} vs all blocks {baseline['val_acc']:.3f}{ci('baseline_ci')}, difference "
-                       f"{pick['val_acc'] - baseline['val_acc']:+.3f}{ci('diff_ci')} ({how}){test}.")
+                       f"({pick['pct_of_all_blocks']:.1f}% of all-block LoRA); val {name} {pick[val]:.3f}"
+                       f"{ci('val_ci')} vs all blocks {baseline[val]:.3f}{ci('baseline_ci')}, difference "
+                       f"{pick[val] - baseline[val]:+.3f}{ci('diff_ci')} ({how}){test}.")
         return out
 
     def front_table(self) -> str:
         """The front as a Markdown table (what ``pareto.md`` holds)."""
         front = self.pareto_front()
-        lines = ["| selector | blocks | rank | trainable params | % of all-block LoRA | val acc | test acc "
+        name = LABELS[self.metric]
+        lines = [f"| selector | blocks | rank | trainable params | % of all-block LoRA | val {name} | test {name} "
                  "| train time (s) | checkpoint |", "|" + "---|" * 9]
-        for row in front.itertuples():
-            test = "" if _missing(row.test_acc) else f"{row.test_acc:.3f}"
-            lines.append(f"| {row.selector} | {row.blocks} | {row.rank} | {int(row.trainable_params):,} "
-                         f"| {row.pct_of_all_blocks:.1f} | {row.val_acc:.3f} | {test} | {row.train_time_s:.1f} "
-                         f"| {row.checkpoint} |")
+        for row in front.to_dict("records"):
+            test = "" if _missing(row[self.test]) else f"{row[self.test]:.3f}"
+            lines.append(f"| {row['selector']} | {row['blocks']} | {row['rank']} | {int(row['trainable_params']):,} "
+                         f"| {row['pct_of_all_blocks']:.1f} | {row[self.val]:.3f} | {test} | {row['train_time_s']:.1f} "
+                         f"| {row['checkpoint']} |")
         return "\n".join(lines) + "\n"
 
     def write(self) -> list[Path]:
@@ -207,7 +250,8 @@ class SweepReport:
         paths = [self.run_dir / "pareto.csv", self.run_dir / "pareto.md", self.run_dir / "pareto.png"]
         trials.to_csv(paths[0], index=False)
         paths[1].write_text(f"# Pareto front: {self.run_dir.name}\n\n{self.recommend()['text']}\n\n"
-                            f"Maximise validation accuracy, minimise trainable parameters; {len(trials)} trials"
+                            f"{'Maximise' if self.maximise else 'Minimise'} validation {LABELS[self.metric]}, "
+                            f"minimise trainable parameters; {len(trials)} trials"
                             f"{_stopped_note(trials)}.\n\n"
                             + self.front_table())
         self.plot(paths[2])
@@ -240,10 +284,11 @@ def load(target: str | Path) -> SweepReport:
 
     run = open_sweep(target)
     stopped = set(run.storage.read_json(SCHEDULER_STATE)["stopped"]) if run.storage.is_file(SCHEDULER_STATE) else set()
-    rows = [_trial_row(trial, run.storage, frame, stopped) for trial, frame in _tune_trials(run.storage)]
-    trials = pd.DataFrame(rows, columns=COLUMNS).sort_values("trial", kind="stable").reset_index(drop=True)
-    planned = run.storage.read_json("sweep.json").get("trials")
-    return SweepReport(run.local, trials, planned, run.storage)
+    settings = run.storage.read_json("sweep.json")
+    metric = settings.get("metric", "acc")
+    rows = [_trial_row(trial, run.storage, frame, stopped, metric) for trial, frame in _tune_trials(run.storage)]
+    trials = pd.DataFrame(rows, columns=columns(metric)).sort_values("trial", kind="stable").reset_index(drop=True)
+    return SweepReport(run.local, trials, settings.get("trials"), run.storage, metric)
 
 
 def _tune_trials(storage: Storage) -> list:
@@ -256,16 +301,16 @@ def _tune_trials(storage: Storage) -> list:
     return [(trial, analysis.trial_dataframes.get(trial.trial_id)) for trial in analysis.trials]
 
 
-def _curve(frame) -> str:
-    """A trial's validation accuracy by step, as JSON ``[[step, val_acc], ...]``: its evaluations
+def _curve(frame, key: str = "val_acc") -> str:
+    """A trial's validation metric by step, as JSON ``[[step, value], ...]``: its evaluations
     during training (``train.eval_every``, the scheduler's rungs) and its final one."""
-    if frame is None or "val_acc" not in getattr(frame, "columns", ()) or "step" not in frame.columns:
+    if frame is None or key not in getattr(frame, "columns", ()) or "step" not in frame.columns:
         return "[]"
-    rows = frame[frame["val_acc"].notna() & frame["step"].notna()]
-    return json.dumps([[int(step), round(float(acc), 6)] for step, acc in zip(rows["step"], rows["val_acc"])])
+    rows = frame[frame[key].notna() & frame["step"].notna()]
+    return json.dumps([[int(step), round(float(value), 6)] for step, value in zip(rows["step"], rows[key])])
 
 
-def _trial_row(trial, storage: Storage, frame=None, stopped=frozenset()) -> dict:
+def _trial_row(trial, storage: Storage, frame=None, stopped=frozenset(), metric: str = "acc") -> dict:
     """One trial: Tune's status, config, last result, its curve and final checkpoint."""
     params = dict(trial.config)
     last = trial.last_result or {}
@@ -273,22 +318,23 @@ def _trial_row(trial, storage: Storage, frame=None, stopped=frozenset()) -> dict
     test = storage.read_json(f"test/{trial.trial_id}.json") if storage.is_file(f"test/{trial.trial_id}.json") else None
     status = trial.status
     error = _error_message(trial)
-    finished = status == "TERMINATED" and all(_finite(last.get(k)) for k in OBJECTIVES) and last.get("final") is not False
+    finished = status == "TERMINATED" and all(_finite(last.get(k)) for k in objectives(metric)) \
+        and last.get("final") is not False
     if trial.trial_id in stopped and not finished:  # the scheduler stopped it: its metrics at that rung
         status = STOPPED
     elif status == "TERMINATED" and not finished:
-        status, error = "ERROR", error or "the trial reported no finite validation accuracy / parameter count"
+        status, error = "ERROR", error or f"the trial reported no finite validation {LABELS[metric]} / parameter count"
     selector = params.get("selector", "all")
     return {
         "trial": int(str(trial.experiment_tag).split("_")[0]), "trial_id": trial.trial_id, "status": status,
         "selector": selector,
         "n": params.get("n") if selector != "all" else None, "rank": last.get("rank", params.get("lora.r")),
         "blocks": last.get("blocks", ""), "trainable_params": last.get("trainable_params", math.nan),
-        "pct_of_all_blocks": last.get("pct_of_all_blocks", math.nan), "val_acc": last.get("val_acc", math.nan),
-        "test_acc": test.get("acc", math.nan) if test else math.nan,
+        "pct_of_all_blocks": last.get("pct_of_all_blocks", math.nan), f"val_{metric}": last.get(f"val_{metric}", math.nan),
+        f"test_{metric}": test.get(metric, math.nan) if test else math.nan,
         "train_time_s": last.get("train_time_s", math.nan), "selection_time_s": last.get("selection_time_s", math.nan),
         "checkpoint": checkpoint if finished else "", "params": json.dumps(params, sort_keys=True), "error": error,
-        "curve": _curve(frame),
+        "curve": _curve(frame, f"val_{metric}"),
     }
 
 
@@ -297,15 +343,31 @@ def _stopped_note(trials) -> str:
     return f", {stopped} of them stopped early by the scheduler (not on the front)" if stopped else ""
 
 
-def _per_example(checkpoint: str) -> np.ndarray | None:
-    """A finished trial's per-example validation accuracy (from ``results.json`` in its checkpoint)."""
+def _per_example(checkpoint: str, metric: str = "acc") -> np.ndarray | None:
+    """A finished trial's validation metric per example as ``(n, 2)`` (numerator, denominator) rows
+    whose column sums' ratio is the metric (from ``results.json`` in its checkpoint): accuracy
+    (hit, 1), exact match (hit, 1; (0, 0) for an example without a reference), loss (target NLL,
+    target tokens), so a bootstrap resample's metric is exactly what evaluation would report."""
     if not checkpoint:
         return None
     storage = Storage(checkpoint)
     if not storage.is_file("results.json"):
         return None
-    record = (storage.read_json("results.json").get("after_per_example") or {}).get("acc")
-    return None if record is None else np.asarray(record, dtype=float)
+    record = storage.read_json("results.json").get("after_per_example") or {}
+    if metric == "loss" and "loss" in record and "tokens" in record:
+        tokens = np.asarray(record["tokens"], dtype=float)
+        return np.stack([np.asarray(record["loss"], dtype=float) * tokens, tokens], axis=1)
+    if metric not in record:
+        return None
+    values = np.asarray([math.nan if v is None else v for v in record[metric]], dtype=float)
+    scored = ~np.isnan(values)
+    return np.stack([np.where(scored, values, 0.0), scored.astype(float)], axis=1)
+
+
+def _ratio(rows: np.ndarray) -> np.ndarray:
+    """The metric of each bootstrap resample (``rows``: resamples x examples x (numerator, denominator))."""
+    totals = rows.sum(axis=1)
+    return totals[:, 0] / np.maximum(totals[:, 1], 1e-12)
 
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:

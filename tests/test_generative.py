@@ -168,17 +168,74 @@ def test_training_on_completions_lowers_the_held_out_loss(tiny_config, tmp_path)
     assert [m["step"] for m in steps if "val_loss" in m] == [6]
 
 
-def test_a_sweep_over_a_generative_task_is_refused_before_anything_is_written(tmp_path, capsys):
-    pytest.importorskip("optuna")
-    from raylsl.cli import main
+def test_a_model_trained_to_echo_a_fixed_answer_gets_every_exact_match_and_eval_samples_show_it(tiny_config, tmp_path):
+    """Every completion is `#### 7`: a few steps teach the tiny model to write it, so exact match
+    reaches 1.0 from (nearly) 0, and `raylsl eval RUN --samples N` writes N rows to the run, each with
+    the generation, its extracted answer and the reference, all correct."""
+    from raylsl.recipes import train as recipe
+    from raylsl.recipes.evaluate import evaluate_target
 
-    task = write_rows(tmp_path / "colours.jsonl", colour_rows())
-    space = tmp_path / "space.yaml"
-    space.write_text("parameters: {lora.r: {choices: [4]}}\n")
-    code = main(["sweep", str(space), "model=tiny-llama", f"task={task}", "--output-dir", str(tmp_path / "sweeps")])
-    err = capsys.readouterr().err
-    assert code == 2 and "is generative (completion rows): sweeps rank trials by validation accuracy" in err
-    assert not (tmp_path / "sweeps").exists()
+    rows = [{"prompt": f"Question {i}: what is the number?", "completion": " #### 7"} for i in range(120)]
+    task = write_rows(tmp_path / "sevens.jsonl", rows)
+    results = recipe.train(tiny_config(task__name=str(task), layers="all", train__steps=30, train__lr=2e-2,
+                                       task__max_new_tokens=8), progress=False)
+    assert results["before"]["exact_match"] < 0.5 and results["after"]["exact_match"] == 1.0, results["after"]
+    out = evaluate_target(results["run_dir"], [], "test", samples=5)
+    path = Path(results["run_dir"]) / "samples_test.jsonl"
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert out["samples"] == str(path) and out["exact_match"] == 1.0 and len(written) == 5
+    assert all(r["correct"] and r["answer"] == "7" == r["reference"] and "what is the number?" in r["prompt"]
+               for r in written), written
+    with pytest.raises(ConfigError, match="--samples shows generated answers; task .* is multiple choice"):
+        evaluate_target(results["run_dir"], [f"task.name={tiny_config().task.name}"], "test", samples=2)
+
+
+def test_generated_arithmetic_is_deterministic_distinct_and_self_consistent():
+    pytest.importorskip("reasoning_gym")
+    from raylsl.config import DataSettings
+    from raylsl.data import GENERATED_SIZE, load_task
+    from raylsl.objective.generative import normalize, reference_answer
+
+    examples = read_examples(TaskSettings(name="arithmetic"), DataSettings())
+    assert len(examples) == GENERATED_SIZE and examples == read_examples(TaskSettings(name="arithmetic"), DataSettings())
+    questions = [ex.messages[0][1] for ex in examples]
+    assert len(set(questions)) == len(questions)  # no problem in both train and test
+    for ex in examples[:200]:
+        (role, question), (_, solution) = ex.messages
+        expression = question.rsplit(":", 1)[1].strip(" =")
+        assert role == "user" and normalize(ex.answer) == normalize(str(eval(expression)))  # noqa: S307 (digits, + and -)
+        assert reference_answer(GenExample("chat", messages=ex.messages)) == ex.answer  # the solution ends in #### N
+    # the test split does not move when the training set is capped
+    full, capped = (load_task(TaskSettings(name="arithmetic"), DataSettings(train_size=size)) for size in (None, 100))
+    assert full.test == capped.test and len(capped.train) == 100
+    completion = read_examples(TaskSettings(name="arithmetic", format="completion"), DataSettings())[0]
+    assert completion.prompt == f"Question: {questions[0]}\nAnswer:" and completion.completion.endswith(f"#### {examples[0].answer}")
+    gsm = read_examples(TaskSettings(name="gsm_symbolic"), DataSettings(test_size=10, val_size=10))
+    assert all(normalize(reference_answer(GenExample("chat", messages=ex.messages))) == normalize(ex.answer)
+               for ex in gsm[:300])  # its solutions' "#### 8.0" is the answer "8"
+
+
+def test_generated_tasks_without_reasoning_gym_say_how_to_install_it(monkeypatch):
+    import sys
+
+    from raylsl.config import DataSettings
+
+    monkeypatch.setitem(sys.modules, "reasoning_gym", None)
+    with pytest.raises(DataError, match=r"pip install 'raylsl\[math\]'"):
+        read_examples(TaskSettings(name="arithmetic"), DataSettings())
+    with pytest.raises(DataError, match="unknown task 'arithmetc'. Use one of arithmetic, gsm_symbolic, quartz"):
+        read_examples(TaskSettings(name="arithmetc"), DataSettings())
+
+
+def test_cka_pools_generative_rows_over_all_their_tokens():
+    """A chat row ends in the template's end-of-turn marker, the same token in every sample: under
+    last-token pooling block 0's input has no variance and CKA is undefined."""
+    from raylsl.objective.multiple_choice import DecoderMC
+    from raylsl.selectors.cka import default_pooling
+
+    assert default_pooling(DecoderLM(byte_tokenizer(), 64)) == "mean"
+    assert default_pooling(DecoderMC(byte_tokenizer(), 64)) == "last"
+    assert default_pooling(make_objective(ENCODER, byte_tokenizer(encoder=True), 64)) == "cls"
 
 
 @pytest.mark.parametrize("selector", ["cka", "activation", "gradient"])

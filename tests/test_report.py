@@ -64,26 +64,28 @@ def test_hypervolume_2d_by_hand():
 
 # --- recommend ------------------------------------------------------------------------------------
 
-def _report(tmp_path, rows, per_example):
-    """A SweepReport over synthetic trials; each finished trial's checkpoint holds a results.json
-    with its per-example validation accuracy."""
+def _report(tmp_path, rows, per_example, metric="acc"):
+    """A SweepReport over synthetic trials ranked by ``metric``; each finished trial's checkpoint
+    holds a results.json with its per-example validation record (``per_example[i]``: a list of
+    accuracies, or a dict of lists as generative evaluation writes it)."""
     import json
 
     import pandas as pd
 
-    from raylsl.report import COLUMNS, SweepReport
+    from raylsl.report import SweepReport, columns
 
     full = []
     for i, row in enumerate(rows):
         checkpoint = tmp_path / f"ckpt-{i}"
         if row.get("status", "TERMINATED") == "TERMINATED":
             checkpoint.mkdir()
-            (checkpoint / "results.json").write_text(json.dumps({"after_per_example": {"acc": per_example[i]}}))
+            record = per_example[i] if isinstance(per_example[i], dict) else {"acc": per_example[i]}
+            (checkpoint / "results.json").write_text(json.dumps({"after_per_example": record}))
         full.append({"trial": i, "trial_id": f"t{i}", "status": "TERMINATED", "n": None, "rank": 4, "blocks": f"b{i}",
                      "pct_of_all_blocks": 100.0 * row["trainable_params"] / rows[0]["trainable_params"],
-                     "test_acc": float("nan"), "train_time_s": 1.0, "selection_time_s": 0.0,
+                     f"test_{metric}": float("nan"), "train_time_s": 1.0, "selection_time_s": 0.0,
                      "checkpoint": str(checkpoint), "params": "{}", "error": "", **row})
-    return SweepReport(tmp_path, pd.DataFrame(full, columns=COLUMNS))
+    return SweepReport(tmp_path, pd.DataFrame(full, columns=columns(metric)), metric=metric)
 
 
 def _correct(n, k):
@@ -131,3 +133,61 @@ def test_pareto_md_opens_with_the_recommendation(tmp_path):
     lines = (tmp_path / "pareto.md").read_text().splitlines()
     assert lines[2].startswith("Recommended (within 0.01 of all blocks): cka")
     assert "difference +0.000 [0.000, 0.000]" in lines[2]  # identical records: a zero-width paired interval
+
+
+# --- loss-minimising and exact-match sweeps -----------------------------------------------------------
+
+def test_loss_fronts_and_recommendations_minimise_the_metric(tmp_path):
+    rows = [{"selector": "all", "trainable_params": 1000, "val_loss": 0.50},
+            {"selector": "cka", "trainable_params": 300, "val_loss": 0.505},   # within 0.01 above: the pick
+            {"selector": "last", "trainable_params": 300, "val_loss": 0.52},   # same size, worse: dominated
+            {"selector": "first", "trainable_params": 100, "val_loss": 0.60},  # smaller, 0.1 worse: on the front
+            {"selector": "random", "trainable_params": 500, "val_loss": 0.45}]  # better than all blocks
+    tokens = [3, 1, 2, 4]
+    per = [{"loss": [0.5] * 4, "tokens": tokens, "exact_match": [None] * 4}] * len(rows)
+    report = _report(tmp_path, rows, per, metric="loss")
+    assert report.pareto_front()["trial_id"].tolist() == ["t3", "t1", "t4"]  # fewest parameters first
+    pick = report.recommend(eps=0.01)
+    assert pick["trial_id"] == "t1" and pick["baseline_val_loss"] == 0.50
+    assert pick["val_ci"] == pytest.approx((0.5, 0.5))  # every example's loss is 0.5: no spread
+    assert "val loss 0.505" in pick["text"]
+    (tmp_path / "strict").mkdir()
+    none = _report(tmp_path / "strict", rows[:4], per, metric="loss").recommend(eps=0.001)
+    assert none["trial_id"] is None and "validation loss (0.500)" in none["text"]
+    report.write()
+    md = (tmp_path / "pareto.md").read_text()
+    assert "Minimise validation loss" in md and "| val loss | test loss |" in md
+
+
+def test_loss_bootstrap_weights_examples_by_their_target_tokens(tmp_path):
+    """The held-out loss is the mean NLL per target token, so a resample's loss is sum(loss x tokens)
+    / sum(tokens): with one example far longer than the rest, its loss dominates the interval."""
+    from raylsl.report import _per_example, _ratio
+
+    rows = [{"selector": "all", "trainable_params": 1000, "val_loss": 0.5},
+            {"selector": "cka", "trainable_params": 10, "val_loss": 0.5}]
+    record = {"loss": [1.0, 0.0, 0.0], "tokens": [98, 1, 1], "exact_match": [None, None, None]}
+    report = _report(tmp_path, rows, [record, record], metric="loss")
+    values = _per_example(report.trials.loc[0, "checkpoint"], "loss")
+    assert _ratio(values[None])[0] == pytest.approx(0.98)  # the whole sample: the token-weighted mean
+    assert _ratio(values[None, [1, 2]])[0] == 0.0
+
+
+def test_exact_match_ignores_examples_without_a_reference(tmp_path):
+    from raylsl.report import _per_example, _ratio
+
+    rows = [{"selector": "all", "trainable_params": 1000, "val_exact_match": 0.5}]
+    record = {"loss": [0.1] * 4, "tokens": [1] * 4, "exact_match": [1.0, None, 0.0, None]}
+    report = _report(tmp_path, rows, [record], metric="exact_match")
+    values = _per_example(report.trials.loc[0, "checkpoint"], "exact_match")
+    assert values.tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+    assert _ratio(values[None])[0] == 0.5
+
+
+def test_an_unknown_metric_is_refused():
+    from raylsl.errors import ConfigError
+    from raylsl.report import objectives
+
+    assert objectives("loss") == {"val_loss": "min", "trainable_params": "min"}
+    with pytest.raises(ConfigError, match="choose one of acc, exact_match, loss"):
+        objectives("bleu")

@@ -86,9 +86,8 @@ def evaluate(model: nn.Module, objective: Objective, examples: list, batch_size:
              autocast: torch.autocast | None = None, progress: bool = False, desc: str = "eval",
              rank: int = 0, world: int = 1, per_example: bool = False) -> dict[str, Any]:
     """Every metric the objective has over ``examples`` (accuracies, loss, perplexity, ``n``);
-    with ``per_example``, also ``"per_example": {"acc": [...]}`` (generative tasks: ``"loss"``,
-    each example's mean target NLL) in the order of ``examples``
-    (what paired bootstrap intervals over the examples need).
+    with ``per_example``, also ``"per_example"``: lists in the order of ``examples`` (what paired
+    bootstrap intervals over the examples need; see `per_example_values`).
 
     Examples are batched by token length (longest first), so a batch pads little; the result does
     not depend on the order. With ``world > 1`` (call it on every rank) each rank scores every
@@ -122,17 +121,25 @@ def evaluate(model: nn.Module, objective: Objective, examples: list, batch_size:
     sums = dict(zip(objective.sums, totals.tolist()))
     metrics = {**objective.metrics(sums), "n": int(sums["n"])}
     if per_example:
-        key = "acc" if "acc" in objective.sums else "loss"  # generative tasks: each example's mean target NLL
-        value = (lambda r: r["acc"]) if key == "acc" else (lambda r: r["nll"] / max(r["tokens"], 1))
-        pairs = [(i, value(r)) for i, r in zip(indices, results[:counted])]
+        pairs = [(i, per_example_values(r)) for i, r in zip(indices, results[:counted])]
         if world > 1:
             import torch.distributed as dist
 
             gathered: list = [None] * world
             dist.all_gather_object(gathered, pairs)
             pairs = [pair for part in gathered for pair in part]
-        metrics["per_example"] = {key: [v for _, v in sorted(pairs)]}
+        ordered = [values for _, values in sorted(pairs, key=lambda pair: pair[0])]
+        metrics["per_example"] = {key: [values[key] for values in ordered] for key in (ordered[0] if ordered else {})}
     return metrics
+
+
+def per_example_values(result: dict[str, float]) -> dict[str, float | None]:
+    """One example's record: ``acc`` (multiple choice); generative tasks: ``loss`` (its mean target
+    NLL), ``tokens`` (its target count) and ``exact_match`` (None without a reference)."""
+    if "acc" in result:
+        return {"acc": result["acc"]}
+    return {"loss": result["nll"] / max(result["tokens"], 1), "tokens": int(result["tokens"]),
+            "exact_match": result["em"] if result.get("em_n") else None}
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

@@ -60,8 +60,31 @@ def normalize(answer: str) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
+def reference_answer(example: GenExample, pattern: str | None = None) -> str | None:
+    """An example's reference answer: its ``answer``, else ``pattern``'s (default: GSM8K's ``####``)
+    match in its completion or last assistant turn; None for plain text and examples without one."""
+    if example.answer is not None:
+        return example.answer
+    if example.format == "text":
+        return None
+    if example.format == "chat":
+        target = next(content for role, content in reversed(example.messages) if role == "assistant")
+    else:
+        target = example.completion
+    return extract_answer(target, pattern, last_number=False) if target else None
+
+
+def task_metric(examples: list, pattern: str | None = None) -> str:
+    """The metric a sweep ranks a task's runs by: ``acc`` for multiple choice; for generative tasks
+    ``exact_match`` when any example has a reference answer, else the held-out ``loss``."""
+    if not examples or not isinstance(examples[0], GenExample):
+        return "acc"
+    return "exact_match" if any(reference_answer(ex, pattern) is not None for ex in examples) else "loss"
+
+
 class DecoderLM(CausalTargets):
     kind = DECODER
+    generative = True
     sums = ("nll", "tokens", "n", "em", "em_n")
 
     def __init__(self, tokenizer, max_length: int, chat_template: str | None = None, answer_pattern: str | None = None,
@@ -121,13 +144,7 @@ class DecoderLM(CausalTargets):
 
     def reference(self, example: GenExample) -> str | None:
         """The answer generation is scored against (None: the example has none)."""
-        if example.answer is not None:
-            return example.answer
-        if example.format == "chat":
-            target = next(content for role, content in reversed(example.messages) if role == "assistant")
-        else:
-            target = example.completion
-        return extract_answer(target, self.answer_pattern, last_number=False) if target else None
+        return reference_answer(example, self.answer_pattern)
 
     def prompt_ids(self, example: GenExample) -> list[int]:
         """What the model continues: the example's tokens before its last target segment."""
@@ -179,6 +196,29 @@ class DecoderLM(CausalTargets):
                 answer = extract_answer(text, self.answer_pattern)
                 results[i].update(em=float(answer is not None and normalize(answer) == normalize(ref)), em_n=1.0)
         return results
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module, examples: list[GenExample], batch_size: int = 8) -> list[dict]:
+        """What the model writes for each example's prompt (greedy, as exact match scores it), with
+        the answer extracted from it, the reference, and whether they match (None: no reference)."""
+        was_training = model.training
+        model.eval()
+        rows = []
+        try:
+            for start in range(0, len(examples), batch_size):
+                chunk = [ex for ex in examples[start:start + batch_size] if ex.format != "text"]
+                if not chunk:
+                    continue
+                prompts = [self.prompt_ids(ex) for ex in chunk]
+                for example, prompt, text in zip(chunk, prompts, self.generate(model, prompts)):
+                    reference, answer = self.reference(example), extract_answer(text, self.answer_pattern)
+                    rows.append({"prompt": self.tokenizer.decode(prompt), "generated": text, "answer": answer,
+                                 "reference": reference,
+                                 "correct": None if reference is None else
+                                 bool(answer is not None and normalize(answer) == normalize(reference))})
+        finally:
+            model.train(was_training)
+        return rows
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         out = loss_metrics(sums)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from raylsl.plan import load_run_config
 from raylsl.storage import Storage, is_remote
 
 
-def evaluate_target(target: str | None, overrides: list[str], split: str = "test") -> dict[str, Any]:
+def evaluate_target(target: str | None, overrides: list[str], split: str = "test", samples: int = 0) -> dict[str, Any]:
     """Evaluates a run (its directory or storage URI: config and ``adapter/``) or a config file
     (the base model).
 
@@ -20,19 +21,35 @@ def evaluate_target(target: str | None, overrides: list[str], split: str = "test
         target: a run directory, a run's storage URI, a YAML config, or None for the defaults.
         overrides: ``key=value`` overrides applied on top.
         split: ``test`` or ``validation``.
+        samples: write what the model generates for the split's first ``samples`` examples, with
+            the extracted and reference answers, to ``samples_SPLIT.jsonl`` in the run (its
+            directory or storage), or in the working directory for a base model; the result's
+            ``samples`` is that file's location.
     """
     if split not in ("test", "validation"):
         raise ConfigError(f"--split {split!r}: choose test or validation")
-    if target is not None and (is_remote(target) or Path(target).is_dir()):
-        with tempfile.TemporaryDirectory() as tmp:
-            return _evaluate_run(Storage(target), Path(tmp), overrides, split)
-    return evaluate_adapter(load_run_config(target, overrides), None, None, split)
+    if samples < 0:
+        raise ConfigError(f"--samples {samples}: give a number of examples >= 0")
+    with tempfile.TemporaryDirectory() as tmp:
+        if target is not None and (is_remote(target) or Path(target).is_dir()):
+            run = Storage(target)
+            result = _evaluate_run(run, Path(tmp), overrides, split, samples)
+        else:
+            run = None
+            result = evaluate_adapter(load_run_config(target, overrides), None, None, split, samples=samples)
+        if samples:
+            name = f"samples_{split}.jsonl"
+            where = run or Storage(Path.cwd())
+            where.write_text(name, "".join(json.dumps(row) + "\n" for row in result["samples"]))
+            result["samples"] = where.uri_of(name)
+    return result
 
 
-def _evaluate_run(run: Storage, scratch: Path, overrides: list[str], split: str) -> dict[str, Any]:
+def _evaluate_run(run: Storage, scratch: Path, overrides: list[str], split: str, samples: int = 0) -> dict[str, Any]:
     if not run.is_file("adapter/adapter_config.json"):
         raise ConfigError(f"{run.uri} holds no finished adapter (adapter/ is missing); train it to the end, or "
                           f"`raylsl train --resume {run.uri}`")
     config_path = run.local / "config.yaml" if run.local is not None else run.download("config.yaml", scratch / "config.yaml")
     layers = run.read_json("run.json")["layers"] if run.is_file("run.json") else None
-    return evaluate_adapter(load_run_config(config_path, overrides), run.child("adapter"), layers, split)
+    return evaluate_adapter(load_run_config(config_path, overrides), run.child("adapter"), layers, split,
+                            samples=samples)

@@ -76,7 +76,8 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 @dataclass(frozen=True)
 class CKAConfig:
     pooling: str | None = None
-    """last (decoders' default), cls (encoders' default) or mean; None picks by model kind."""
+    """last (decoders' default on multiple choice), cls (encoders' default) or mean (generative
+    tasks' default); None picks by model kind and task (`default_pooling`)."""
     include_undefined: bool = False
     """Keep blocks whose CKA is undefined (zero-variance input) as candidates, scored 0."""
 
@@ -87,13 +88,23 @@ class CKAConfig:
             raise ConfigError(f"cka.pooling={self.pooling!r} must be last, cls or mean")
 
 
+def default_pooling(objective) -> str:
+    """Encoders: the CLS token. Decoders on multiple choice: the last token (the end of the answer,
+    which differs between samples). Decoders on generative tasks: the mean over the prompt and
+    target tokens, since their last token is a chat template's end-of-turn marker or the end of
+    sequence, the same in every sample (block 0's input would have no variance at all)."""
+    if objective.kind == ENCODER:
+        return "cls"
+    return "mean" if getattr(objective, "generative", False) else "last"
+
+
 @register_selector
 class CKASelector(Selector):
     name = "cka"
     Config = CKAConfig
 
     def score(self, ctx: ScoringContext, num_blocks: int) -> LayerScores:
-        how = self.config.pooling or ("cls" if ctx.objective.kind == ENCODER else "last")
+        how = self.config.pooling or default_pooling(ctx.objective)
         ins: list[list[torch.Tensor]] = [[] for _ in range(num_blocks)]
         outs: list[list[torch.Tensor]] = [[] for _ in range(num_blocks)]
         mask: torch.Tensor | None = None

@@ -39,6 +39,7 @@ from raylsl.report import SweepReport, load, open_sweep
 from raylsl.selectors import LayerScores, build_selector
 from raylsl.storage import RunDir, Storage
 from raylsl.tracking import MLFLOW_DIR, sweep_callbacks
+from raylsl.sweep.progress import TrialProgress
 from raylsl.sweep.scheduler import sweep_rungs, sweep_scheduler
 from raylsl.sweep.search import searcher
 from raylsl.sweep.space import SearchSpace, check_against_config, load_space, scheduler_name, trial_overrides
@@ -69,11 +70,8 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     settings = _settings(space, space_path, overrides, trials, concurrency, workers_per_trial, smoke, scheduler)
     name = name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     run = _new_sweep_dir(Path(output_dir) / name, base.storage, name)
-    examples = read_examples(base.task)
-    if examples and isinstance(examples[0], GenExample):
-        raise ConfigError(f"task {base.task.name} is generative ({examples[0].format} rows): sweeps rank trials by "
-                          f"validation accuracy, which generative tasks do not have yet (held-out loss as a sweep "
-                          f"metric is not built); train its configurations with `raylsl train` meanwhile")
+    examples = read_examples(base.task, base.data)
+    settings["metric"] = _metric(space, base, examples)
     # Trials report through Tune, whose own loggers record them (TensorBoard always, MLflow with
     # tracking=mlflow: `raylsl.tracking.sweep_callbacks`); a trial's run tracking would write into a
     # directory nobody keeps.
@@ -84,8 +82,26 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
     scores, settings["selection"] = _score_once(trial_base, space, examples, run)
     run.write_json("sweep.json", settings)
-    inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, sweep_rungs(settings))
+    inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, sweep_rungs(settings), settings["metric"])
     return _fit(run, settings, inputs, progress, restore=False)
+
+
+def _metric(space: SearchSpace, base, examples: list) -> str:
+    """The validation metric the sweep ranks trials by: the space file's, or the task's."""
+    from raylsl.objective.generative import task_metric
+
+    found = task_metric(examples, base.task.answer_pattern)
+    metric = found if space.metric == "auto" else space.metric
+    generative = bool(examples) and isinstance(examples[0], GenExample)
+    if generative and metric == "acc":
+        raise ConfigError(f"{space.path}: metric=acc, but task {base.task.name} is generative ({examples[0].format} "
+                          f"rows): use exact_match (rows with reference answers) or loss")
+    if not generative and metric == "exact_match":
+        raise ConfigError(f"{space.path}: metric={metric}, but task {base.task.name} is multiple choice: use acc or loss")
+    if metric == "exact_match" and found != "exact_match":
+        raise ConfigError(f"{space.path}: metric=exact_match, but no example of task {base.task.name} has a reference "
+                          f"answer (an 'answer' field, or a task.answer_pattern match in its completion): use loss")
+    return metric
 
 
 
@@ -107,8 +123,8 @@ def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
     _start_ray(settings["workers_per_trial"], progress)
     if not tune.Tuner.can_restore(run.storage.uri_of("tune")):
         raise ConfigError(f"{run.storage.uri}: the sweep stopped before Ray Tune saved any state; start it again")
-    return _fit(run, settings, SweepInputs(base, run.storage.uri, examples, scores, sweep_rungs(settings)), progress,
-                restore=True)
+    inputs = SweepInputs(base, run.storage.uri, examples, scores, sweep_rungs(settings), settings.get("metric", "acc"))
+    return _fit(run, settings, inputs, progress, restore=True)
 
 
 def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, workers_per_trial,
@@ -216,7 +232,8 @@ def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: b
             run_config=tune.RunConfig(name="tune", storage_path=run.storage.uri, verbose=1 if progress else 0,
                                       callbacks=sweep_callbacks(settings.get("tracking", "none"),
                                                                 settings.get("tracking_uri"), run.local,
-                                                                settings["study_name"]),
+                                                                settings["study_name"])
+                                      + ([TrialProgress(settings.get("metric", "acc"))] if progress else []),
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )

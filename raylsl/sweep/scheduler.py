@@ -1,7 +1,7 @@
 """Pareto-aware successive halving: stop trials that are plainly dominated early.
 
-Ray Tune's ASHA and HyperBand rank trials by one metric; a sweep has two (validation accuracy up,
-trainable parameters down). `ParetoHalving` keeps ASHA's asynchronous rungs, at fractions
+Ray Tune's ASHA and HyperBand rank trials by one metric; a sweep has two (the task's validation
+metric: accuracy or exact match up, or loss down; trainable parameters down). `ParetoHalving` keeps ASHA's asynchronous rungs, at fractions
 ``eta**-rungs, ..., eta**-1`` of a trial's steps, and ranks the trials that reached a rung by
 non-dominated sorting (NSGA-II's fronts, ties broken by crowding distance, boundary points first).
 A trial reaching a rung continues when it is on the rung's first front or among the best
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from raylsl.report import OBJECTIVES, SCHEDULER_STATE as STATE, pareto_mask
+from raylsl.report import SCHEDULER_STATE as STATE, objectives, pareto_mask
 from raylsl.storage import Storage
 
 
@@ -32,15 +32,15 @@ def rung_fractions(eta: int, rungs: int) -> tuple[float, ...]:
     return tuple(float(eta) ** -k for k in range(rungs, 0, -1))
 
 
-def front_ranks(points: np.ndarray) -> np.ndarray:
-    """Non-dominated sorting of ``(n, 2)`` (accuracy, parameters) points: 0 for the front, 1 for
-    the front of the rest, and so on."""
+def front_ranks(points: np.ndarray, directions: Sequence[str] = ("max", "min")) -> np.ndarray:
+    """Non-dominated sorting of ``(n, 2)`` (validation metric, parameters) points: 0 for the front,
+    1 for the front of the rest, and so on."""
     points = np.asarray(points, dtype=float)
     ranks = np.full(len(points), -1)
     left = np.arange(len(points))
     level = 0
     while len(left):
-        mask = pareto_mask(points[left], list(OBJECTIVES.values()))
+        mask = pareto_mask(points[left], list(directions))
         if not mask.any():  # NaN points: last
             ranks[left] = level
             break
@@ -67,14 +67,14 @@ def crowding(points: np.ndarray) -> np.ndarray:
     return distance
 
 
-def survivors(records: dict[str, tuple[float, float]], eta: int) -> set[str]:
+def survivors(records: dict[str, tuple[float, float]], eta: int, directions: Sequence[str] = ("max", "min")) -> set[str]:
     """The trials at a rung that continue: its first front, and the best ``ceil(n / eta)`` by
     (front rank, crowding distance); all of them while fewer than ``eta`` are recorded."""
     ids = list(records)
     if len(ids) < eta:
         return set(ids)
     points = np.array([records[i] for i in ids], dtype=float)
-    ranks = front_ranks(points)
+    ranks = front_ranks(points, directions)
     spread = np.zeros(len(ids))
     for level in np.unique(ranks):
         members = np.flatnonzero(ranks == level)
@@ -85,20 +85,23 @@ def survivors(records: dict[str, tuple[float, float]], eta: int) -> set[str]:
 
 
 class ParetoHalving(FIFOScheduler):
-    """Tune scheduler: successive halving on the (validation accuracy, trainable parameters) front."""
+    """Tune scheduler: successive halving on the (validation metric, trainable parameters) front."""
 
     def __init__(self, eta: int = 3, rungs: int = 2, baseline: dict[str, Any] | None = None,
-                 state_to: str | None = None):
+                 state_to: str | None = None, metric: str = "acc"):
         super().__init__()
         if eta < 2 or rungs < 1:
             raise ValueError(f"eta must be >= 2 and rungs >= 1, got eta={eta}, rungs={rungs}")
         self.eta, self.fractions = eta, rung_fractions(eta, rungs)
+        goals = objectives(metric)
+        self.key, self.directions = next(iter(goals)), tuple(goals.values())
+        """The validation metric's result key (``val_acc``...) and the two objectives' directions."""
         self.baseline = baseline
         """The all-block trial's sampled values (never stopped)."""
         self.state_to = state_to
         """Storage URI of the sweep: ``scheduler.json`` is written there."""
         self.records: dict[str, dict[str, tuple[float, float]]] | None = None
-        """Rung (as ``f"{fraction:.6g}"``) -> trial id -> (validation accuracy, trainable parameters)."""
+        """Rung (as ``f"{fraction:.6g}"``) -> trial id -> (validation metric, trainable parameters)."""
         self.stopped: dict[str, str] = {}
         """Trial id -> the rung it was stopped at."""
 
@@ -132,19 +135,19 @@ class ParetoHalving(FIFOScheduler):
         self._load()
         if trial_id in self.stopped:  # stopped before the driver died, rerun by the resumed sweep
             return TrialScheduler.STOP
-        acc, params, fraction = (result.get(k) for k in ("val_acc", "trainable_params", "fraction"))
-        if result.get("final") is not False or acc is None or params is None or fraction is None:
+        value, params, fraction = (result.get(k) for k in (self.key, "trainable_params", "fraction"))
+        if result.get("final") is not False or value is None or params is None or fraction is None:
             return TrialScheduler.CONTINUE
         decision = TrialScheduler.CONTINUE
         for f in self.fractions:
             rung = self.records[f"{f:.6g}"]
             if fraction + 1e-9 < f or trial_id in rung:
                 continue
-            rung[trial_id] = (float(acc), float(params))
-            if trial_id not in survivors(rung, self.eta) and not self.is_baseline(config):
+            rung[trial_id] = (float(value), float(params))
+            if trial_id not in survivors(rung, self.eta, self.directions) and not self.is_baseline(config):
                 self.stopped[trial_id] = f"{f:.6g}"
                 decision = TrialScheduler.STOP
-                print(f"raylsl: trial {trial_id} stopped early at {f:.3g} of its steps: val acc {acc:.3f} with "
+                print(f"raylsl: trial {trial_id} stopped early at {f:.3g} of its steps: {self.key} {value:.3f} with "
                       f"{int(params):,} trainable parameters is dominated by the {len(rung) - 1} others there",
                       flush=True)
                 break
@@ -166,7 +169,8 @@ def _halving(settings: dict[str, Any]) -> bool:
 
 def sweep_scheduler(settings: dict[str, Any], export_to: str):
     """The scheduler a sweep's settings ask for (None: every trial runs to its end)."""
-    return ParetoHalving(settings["eta"], settings["rungs"], settings.get("baseline"), export_to) \
+    return ParetoHalving(settings["eta"], settings["rungs"], settings.get("baseline"), export_to,
+                         settings.get("metric", "acc")) \
         if _halving(settings) else None
 
 

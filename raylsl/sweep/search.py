@@ -139,11 +139,12 @@ class ParetoOptunaSearch(OptunaSearch):
 
 
 def searcher(space, settings: dict[str, Any], points: list[dict], export_to: str) -> ParetoOptunaSearch:
-    from raylsl.report import OBJECTIVES
+    from raylsl.report import objectives
 
     storage = settings.get("optuna_storage")
     os.environ.setdefault("OPTUNA_DISABLE_EXPERIMENTAL_WARNINGS", "1")
-    return ParetoOptunaSearch(space=space, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
+    goals = objectives(settings.get("metric", "acc"))
+    return ParetoOptunaSearch(space=space, metric=list(goals), mode=list(goals.values()),
                               points_to_evaluate=points,
                               sampler=make_sampler(settings["sampler"], settings["seed"], settings.get("n_startup_trials")),
                               study_name=settings["study_name"],

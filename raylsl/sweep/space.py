@@ -10,6 +10,9 @@
     sampler: tpe                             # tpe (Optuna's multi-objective TPE), random or nsga2
     n_startup_trials: null                   # TPE's random trials before it models (Optuna's default: 10)
     scheduler: none                          # none, or pareto_halving: stop dominated trials early
+    metric: auto                             # what trials are ranked by: auto (the task's: acc for multiple
+                                             # choice, exact_match for generative tasks with answers, else
+                                             # loss), acc, exact_match or loss (minimised)
     eta: 3                                   # pareto_halving keeps the best 1/eta at each rung
     rungs: 2                                 # rungs at eta**-rungs, ..., 1/eta of a trial's steps
     seed: 0
@@ -40,7 +43,8 @@ import yaml
 from raylsl.errors import ConfigError
 
 SETTINGS = ("base", "set", "trials", "concurrency", "workers_per_trial", "cpus_per_trial", "gpus_per_trial", "sampler",
-            "n_startup_trials", "scheduler", "eta", "rungs", "seed", "optuna_storage", "points", "parameters")
+            "n_startup_trials", "scheduler", "metric", "eta", "rungs", "seed", "optuna_storage", "points", "parameters")
+METRIC_CHOICES = ("auto", "acc", "exact_match", "loss")
 PARAMETER_FIELDS = ("choices", "low", "high", "log", "step", "when")
 SAMPLERS = ("tpe", "random", "nsga2")
 SCHEDULERS = ("none", "pareto_halving")
@@ -88,6 +92,7 @@ class SearchSpace:
     sampler: str = "tpe"
     n_startup_trials: int | None = None
     scheduler: str = "none"
+    metric: str = "auto"
     eta: int = 3
     rungs: int = 2
     seed: int = 0
@@ -191,6 +196,7 @@ def load_space(path: str | Path) -> SearchSpace:
         n_startup_trials=None if raw.get("n_startup_trials") is None else _count(where, "n_startup_trials",
                                                                                    raw["n_startup_trials"]),
         scheduler=scheduler_name(where, raw.get("scheduler", "none")),
+        metric=_choice(where, "metric", raw.get("metric", "auto"), METRIC_CHOICES),
         eta=_at_least(where, "eta", raw.get("eta", 3), 2), rungs=_positive(where, "rungs", raw.get("rungs", 2)),
         seed=int(raw.get("seed", 0)), optuna_storage=raw.get("optuna_storage"), points=tuple(raw.get("points") or ()),
     )
@@ -310,6 +316,12 @@ def _sampler(where: str, value: Any) -> str:
 def scheduler_name(where: str, value: Any) -> str:
     if value not in SCHEDULERS:
         raise ConfigError(f"{where}: scheduler={value!r}; choose one of {', '.join(SCHEDULERS)}")
+    return value
+
+
+def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: {key}={value!r}; choose one of {', '.join(choices)}")
     return value
 
 

@@ -47,6 +47,8 @@ class SweepInputs:
     """Static selectors' scores by `raylsl.plan.score_key`."""
     rungs: tuple[float, ...] = ()
     """Fractions of its steps after which a trial evaluates and reports (the scheduler's rungs)."""
+    metric: str = "acc"
+    """The validation metric the sweep ranks trials by (reported as ``val_<metric>``)."""
 
 
 def eval_steps(rungs, steps: int) -> list[int]:
@@ -67,7 +69,7 @@ def run_trial(params: dict[str, Any], inputs: SweepInputs) -> None:
     trial_id = context.get_trial_id()
     finished = _finished_results(tune.get_checkpoint())
     if finished is not None:
-        tune.report(trial_metrics(finished), checkpoint=tune.get_checkpoint())
+        tune.report(trial_metrics(finished, inputs.metric), checkpoint=tune.get_checkpoint())
         return
     with tempfile.TemporaryDirectory() as out:
         # A driver killed after this trial's final checkpoint reached storage but before Tune
@@ -75,13 +77,13 @@ def run_trial(params: dict[str, Any], inputs: SweepInputs) -> None:
         finished = _unrecorded_results(Storage(inputs.storage).child("tune", Path(context.get_trial_dir()).name),
                                        Path(out))
         if finished is not None:
-            tune.report(trial_metrics(finished), checkpoint=tune.Checkpoint.from_directory(out))
+            tune.report(trial_metrics(finished, inputs.metric), checkpoint=tune.Checkpoint.from_directory(out))
             return
     config = trial_config(inputs, params, trial_id)
     with tempfile.TemporaryDirectory() as out:
         results = _train(config, inputs, Path(out))
         Storage(out).write_json(RESULTS, results)
-        tune.report(trial_metrics(results), checkpoint=tune.Checkpoint.from_directory(out))
+        tune.report(trial_metrics(results, inputs.metric), checkpoint=tune.Checkpoint.from_directory(out))
 
 
 def _train(config: RunConfig, inputs: SweepInputs, out: Path) -> dict[str, Any]:
@@ -131,11 +133,12 @@ def _unrecorded_results(trial_dir: Storage, out: Path) -> dict[str, Any] | None:
     return json.loads((out / RESULTS).read_text())
 
 
-def trial_metrics(results: dict[str, Any]) -> dict[str, Any]:
-    """What a trial reports to Tune: the two objectives (always finite) and what the report shows."""
-    loss, acc = results["train"]["final_loss"], results["after"]["acc"]
-    if not (math.isfinite(loss) and math.isfinite(acc)):
-        raise RaylslError(f"the run diverged: final training loss {loss}, validation accuracy {acc}")
+def trial_metrics(results: dict[str, Any], metric: str = "acc") -> dict[str, Any]:
+    """What a trial reports to Tune: the two objectives (always finite), every validation metric
+    the task has (``val_*``), and what the report shows."""
+    loss, value = results["train"]["final_loss"], results["after"].get(metric, math.nan)
+    if not (math.isfinite(loss) and math.isfinite(value)):
+        raise RaylslError(f"the run diverged or has no {metric}: final training loss {loss}, validation {metric} {value}")
     params, adapted = results["params"], results["adapted_blocks"]
     all_blocks = params["adapter"] / max(len(adapted), 1) * results["num_blocks"] + params["head"]
     dynamic = results.get("dynamic")
@@ -145,7 +148,8 @@ def trial_metrics(results: dict[str, Any]) -> dict[str, Any]:
     else:
         blocks = f"{format_layers(adapted)} ({len(adapted)})"
     return {
-        "val_acc": float(acc), "trainable_params": int(params["trainable"]),
+        **{f"val_{k}": float(v) for k, v in results["after"].items() if k != "n" and isinstance(v, (int, float))},
+        "trainable_params": int(params["trainable"]),
         "pct_of_all_blocks": 100.0 * params["trainable"] / all_blocks, "blocks": blocks, "rank": results["lora_r"],
         "train_time_s": results["train"]["train_time_s"], "selection_time_s": results["selection_time_s"],
         "final_loss": loss, "step": results["train"]["steps"], "fraction": 1.0, "final": True,

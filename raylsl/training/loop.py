@@ -97,7 +97,7 @@ def train_loop(model: nn.Module, objective: Objective, examples: list, settings:
         bar.set_postfix(loss=f"{loss_value:.4f}")
         every = settings.checkpoint_every
         if state.step == settings.steps or (every and state.step % every == 0):
-            checkpoints.save(state.step, engine, callbacks, extra, metrics)
+            checkpoints.save(state.step, engine, callbacks, extra, {**metrics, "steps": settings.steps})
     bar.close()
     for cb in callbacks:
         cb.on_train_end(state)

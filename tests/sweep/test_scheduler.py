@@ -79,6 +79,21 @@ def test_a_dominated_trial_stops_at_its_rung_and_front_trials_and_the_baseline_n
     assert scheduler.records[f"{1 / 3:.6g}"]["t3"] == (0.35, 200.0)
 
 
+def test_a_loss_minimising_sweep_stops_the_highest_loss(tmp_path):
+    """Ranked by held-out loss, the same three reports that stop the least accurate trial stop the
+    one with the highest loss; the value is read from val_loss, not val_acc."""
+    def loss_at(fraction, loss, params):
+        return {"val_loss": loss, "trainable_params": params, "fraction": fraction, "final": False}
+
+    scheduler = ParetoHalving(eta=3, rungs=1, baseline=BASELINE, state_to=str(tmp_path), metric="loss")
+    assert scheduler.decide("a", {"selector": "last", "n": 3}, loss_at(1 / 3, 0.40, 300)) == CONTINUE
+    assert scheduler.decide("b", {"selector": "first", "n": 3}, loss_at(1 / 3, 0.30, 300)) == CONTINUE
+    assert scheduler.decide("c", {"selector": "random", "n": 3}, loss_at(1 / 3, 0.50, 300)) == STOP
+    assert scheduler.decide("d", {"selector": "cka", "n": 3}, at(1 / 3, 0.01, 300)) == CONTINUE  # no val_loss
+    assert survivors({"a": (0.4, 300), "b": (0.3, 300), "c": (0.5, 300)}, 3, ("min", "min")) == {"b"}
+    assert survivors({"a": (0.4, 300), "b": (0.3, 300), "c": (0.5, 300)}, 3, ("max", "min")) == {"c"}
+
+
 def test_a_resumed_sweep_keeps_the_rungs_and_the_decisions(tmp_path):
     first = ParetoHalving(eta=3, rungs=1, baseline=BASELINE, state_to=str(tmp_path))
     first.decide("a", {"selector": "last", "n": 2}, at(1 / 3, 0.9, 100))

@@ -137,6 +137,79 @@ def test_report_command_rewrites_the_files_from_tunes_records(swept, capsys):
     assert (swept.run_dir / "pareto.md").read_text().count("\n| ") == len(swept.pareto_front()) + 1
 
 
+GENERATIVE_SPACE = """\
+base: {base}
+set: {{data.val_size: 8, data.test_size: 8, train.steps: 3, train.batch_size: 4, train.checkpoint_every: 2,
+       eval_before: false}}
+trials: 2
+points:
+  - {{selector: last, n: 1}}
+parameters:
+  selector: {{choices: [all, last]}}
+  n: {{low: 1, high: 3}}
+"""
+
+
+def test_a_generative_sweep_minimises_held_out_loss_and_shows_each_trials_step(tmp_path, ray_session, capfd):
+    """Completion rows without reference answers: the sweep ranks by validation loss, minimised by
+    Optuna, the front and the report; while it runs, each trial's step is printed."""
+    from raylsl.sweep.run import sweep
+
+    rows = tmp_path / "gen.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"Item {i} is {c}. Warm?", "completion": " yes" if c in "red amber"
+                                        else " no"}) + "\n"
+                            for i, c in enumerate(["red", "blue", "amber", "teal"] * 12)))
+    base = tmp_path / "base.yaml"
+    base.write_text(f"model: tiny-llama\ntask: {rows}\nlora: {{r: 4}}\n")
+    space = tmp_path / "space.yaml"
+    space.write_text(GENERATIVE_SPACE.format(base=base))
+    report = sweep(space, output_dir=tmp_path, name="g", progress=True)
+    out = capfd.readouterr().out
+    assert report.metric == "loss" and report.complete
+    done = report.trials[report.trials["status"] == "TERMINATED"]
+    assert len(done) == 2 and done["val_loss"].gt(0).all() and "val_acc" not in report.trials
+    from raylsl.report import pareto_mask
+
+    expected = done[pareto_mask(done[["val_loss", "trainable_params"]].to_numpy(float), ["min", "min"])]
+    assert set(report.pareto_front()["trial_id"]) == set(expected["trial_id"])
+    assert report.pareto_front()["test_loss"].notna().all()
+    settings = json.loads((report.run_dir / "sweep.json").read_text())
+    study = optuna.load_study(study_name=settings["study_name"], storage=f"sqlite:///{report.run_dir / 'optuna.db'}")
+    assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
+    assert "Minimise validation loss" in (report.run_dir / "pareto.md").read_text()
+    assert "step 2/3" in out and "step 3/3" in out and "val_loss" in out, out[-3000:]
+
+
+def test_the_sweep_metric_comes_from_the_task(tmp_path):
+    from raylsl.config import load_config
+    from raylsl.data import GenExample, MCExample
+    from raylsl.errors import ConfigError
+    from raylsl.sweep.run import _metric
+    from raylsl.sweep.space import load_space
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("parameters:\n  lora.r: {choices: [2, 4]}\n")
+    auto = load_space(space_file)
+    base = load_config(None, {})
+    mc = [MCExample("q", ("a", "b"), 0)]
+    answered = [GenExample("completion", prompt="2+2=", completion=" 4\n#### 4")]
+    plain = [GenExample("completion", prompt="Say hi", completion=" hi")]
+    assert _metric(auto, base, mc) == "acc"
+    assert _metric(auto, base, answered) == "exact_match"
+    assert _metric(auto, base, plain) == "loss"
+    space_file.write_text("metric: loss\nparameters:\n  lora.r: {choices: [2, 4]}\n")
+    assert _metric(load_space(space_file), base, answered) == "loss"
+    space_file.write_text("metric: exact_match\nparameters:\n  lora.r: {choices: [2, 4]}\n")
+    with pytest.raises(ConfigError, match="no example of task .* has a reference answer"):
+        _metric(load_space(space_file), base, plain)
+    space_file.write_text("metric: acc\nparameters:\n  lora.r: {choices: [2, 4]}\n")
+    with pytest.raises(ConfigError, match="is generative"):
+        _metric(load_space(space_file), base, plain)
+    space_file.write_text("metric: bleu\nparameters:\n  lora.r: {choices: [2, 4]}\n")
+    with pytest.raises(ConfigError, match="metric='bleu'; choose one of auto, acc, exact_match, loss"):
+        load_space(space_file)
+
+
 def test_a_diverged_trial_raises_instead_of_reporting_nan():
     from raylsl.sweep.trial import trial_metrics
 
