@@ -31,6 +31,8 @@ from raylsl.storage import RunDir, Storage, is_remote
 METRICS = {"acc": "max", "exact_match": "max", "loss": "min"}
 """The metrics a sweep can rank trials by, and their direction."""
 LABELS = {"acc": "accuracy", "exact_match": "exact match", "loss": "loss"}
+SHORT = {"acc": "acc", "exact_match": "exact match", "loss": "loss"}
+"""How tables and the recommendation name the metric (``val acc``, ``test exact match``)."""
 STOPPED = "STOPPED_EARLY"
 """A trial the sweep's scheduler stopped at a rung; its validation metric is the rung's (subset) evaluation."""
 SCHEDULER_STATE = "scheduler.json"
@@ -199,7 +201,7 @@ class SweepReport:
         if base.empty:
             return {"trial_id": None, "eps": eps,
                     "text": "No recommendation: the all-block baseline trial did not finish."}
-        val, name = self.val, LABELS[self.metric]
+        val, name, short = self.val, LABELS[self.metric], SHORT[self.metric]
         baseline = self._best_first(base, by_params=False).iloc[0]
         margin = eps + 1e-12
         within = done[done[val] >= baseline[val] - margin] if self.maximise else done[done[val] <= baseline[val] + margin]
@@ -219,12 +221,12 @@ class SweepReport:
             a, b = _ratio(ours[index]), _ratio(theirs[index])
             out.update(val_ci=_interval(a), baseline_ci=_interval(b), diff_ci=_interval(a - b), n_val=len(ours))
         ci = (lambda key: f" [{out[key][0]:.3f}, {out[key][1]:.3f}]" if out[key] else "")
-        test = "" if _missing(pick[self.test]) else f"; test {name} {pick[self.test]:.3f}"
+        test = "" if _missing(pick[self.test]) else f"; test {short} {pick[self.test]:.3f}"
         how = (f"95% paired bootstrap over {out['n_val']} validation examples" if out["n_val"]
                else "no per-example validation record: no intervals")
         out["text"] = (f"Recommended (within {eps:g} of all blocks): {pick['selector']}, blocks {pick['blocks']}, "
                        f"rank {pick['rank']}: {int(pick['trainable_params']):,} trainable parameters "
-                       f"({pick['pct_of_all_blocks']:.1f}% of all-block LoRA); val {name} {pick[val]:.3f}"
+                       f"({pick['pct_of_all_blocks']:.1f}% of all-block LoRA); val {short} {pick[val]:.3f}"
                        f"{ci('val_ci')} vs all blocks {baseline[val]:.3f}{ci('baseline_ci')}, difference "
                        f"{pick[val] - baseline[val]:+.3f}{ci('diff_ci')} ({how}){test}.")
         return out
@@ -232,7 +234,7 @@ class SweepReport:
     def front_table(self) -> str:
         """The front as a Markdown table (what ``pareto.md`` holds)."""
         front = self.pareto_front()
-        name = LABELS[self.metric]
+        name = SHORT[self.metric]
         lines = [f"| selector | blocks | rank | trainable params | % of all-block LoRA | val {name} | test {name} "
                  "| train time (s) | checkpoint |", "|" + "---|" * 9]
         for row in front.to_dict("records"):
