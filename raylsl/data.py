@@ -369,7 +369,6 @@ def generate_math(name: str, task: TaskSettings, data: DataSettings) -> list[Gen
         raise DataError(f"task '{name}' comes as chat or completion rows; task.format={task.format} does not apply")
     dataset, settings, solution = GENERATED[name]
     want = max(GENERATED_SIZE, data.test_size + data.val_size + 1 + (data.train_size or 0))
-    examples, seen = [], set()
     for size in (2 * want, 8 * want):  # repeats are dropped (a test question must not be in train)
         entries = reasoning_gym.create_dataset(dataset, size=size, seed=GENERATED_SEED, **settings)
         examples, seen = [], set()

@@ -312,6 +312,11 @@ def _curve(frame, key: str = "val_acc") -> str:
     return json.dumps([[int(step), round(float(value), 6)] for step, value in zip(rows["step"], rows[key])])
 
 
+def trial_number(trial) -> int:
+    """A Tune trial's position in the sweep (1, 2, ...), from its experiment tag."""
+    return int(str(trial.experiment_tag).split("_")[0])
+
+
 def _trial_row(trial, storage: Storage, frame=None, stopped=frozenset(), metric: str = "acc") -> dict:
     """One trial: Tune's status, config, last result, its curve and final checkpoint."""
     params = dict(trial.config)
@@ -328,7 +333,7 @@ def _trial_row(trial, storage: Storage, frame=None, stopped=frozenset(), metric:
         status, error = "ERROR", error or f"the trial reported no finite validation {LABELS[metric]} / parameter count"
     selector = params.get("selector", "all")
     return {
-        "trial": int(str(trial.experiment_tag).split("_")[0]), "trial_id": trial.trial_id, "status": status,
+        "trial": trial_number(trial), "trial_id": trial.trial_id, "status": status,
         "selector": selector,
         "n": params.get("n") if selector != "all" else None, "rank": last.get("rank", params.get("lora.r")),
         "blocks": last.get("blocks", ""), "trainable_params": last.get("trainable_params", math.nan),

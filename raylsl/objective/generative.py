@@ -60,6 +60,11 @@ def normalize(answer: str) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
+def matches(answer: str | None, reference: str) -> bool:
+    """Whether an extracted answer is the reference, both normalised (no answer never matches)."""
+    return answer is not None and normalize(answer) == normalize(reference)
+
+
 def reference_answer(example: GenExample, pattern: str | None = None) -> str | None:
     """An example's reference answer: its ``answer``, else ``pattern``'s (default: GSM8K's ``####``)
     match in its completion or last assistant turn; None for plain text and examples without one."""
@@ -194,7 +199,7 @@ class DecoderLM(CausalTargets):
             texts = self.generate(model, [self.prompt_ids(examples[i]) for i, _ in scored])
             for (i, ref), text in zip(scored, texts):
                 answer = extract_answer(text, self.answer_pattern)
-                results[i].update(em=float(answer is not None and normalize(answer) == normalize(ref)), em_n=1.0)
+                results[i].update(em=float(matches(answer, ref)), em_n=1.0)
         return results
 
     @torch.no_grad()
@@ -214,8 +219,7 @@ class DecoderLM(CausalTargets):
                     reference, answer = self.reference(example), extract_answer(text, self.answer_pattern)
                     rows.append({"prompt": self.tokenizer.decode(prompt), "generated": text, "answer": answer,
                                  "reference": reference,
-                                 "correct": None if reference is None else
-                                 bool(answer is not None and normalize(answer) == normalize(reference))})
+                                 "correct": None if reference is None else matches(answer, reference)})
         finally:
             model.train(was_training)
         return rows

@@ -104,7 +104,6 @@ def _metric(space: SearchSpace, base, examples: list) -> str:
     return metric
 
 
-
 def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
     """Continues an interrupted sweep (its local directory or storage URI): finished trials are
     kept, unfinished ones run again (a trial that had started training continues from its newest

@@ -1,9 +1,10 @@
 """Pareto-aware successive halving: stop trials that are plainly dominated early.
 
 Ray Tune's ASHA and HyperBand rank trials by one metric; a sweep has two (the task's validation
-metric: accuracy or exact match up, or loss down; trainable parameters down). `ParetoHalving` keeps ASHA's asynchronous rungs, at fractions
-``eta**-rungs, ..., eta**-1`` of a trial's steps, and ranks the trials that reached a rung by
-non-dominated sorting (NSGA-II's fronts, ties broken by crowding distance, boundary points first).
+metric: accuracy or exact match up, or loss down; trainable parameters down). `ParetoHalving`
+keeps ASHA's asynchronous rungs, at fractions ``eta**-rungs, ..., eta**-1`` of a trial's steps,
+and ranks the trials that reached a rung by non-dominated sorting (NSGA-II's fronts, ties broken
+by crowding distance, boundary points first).
 A trial reaching a rung continues when it is on the rung's first front or among the best
 ``ceil(n / eta)`` of the ``n`` trials recorded there; otherwise it stops. Fewer than ``eta``
 trials at a rung stop nobody, and the all-block baseline never stops (the recommendation is

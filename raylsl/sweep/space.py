@@ -36,7 +36,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -308,18 +308,14 @@ def _gpus(where: str, value: Any) -> float | str:
 
 
 def _sampler(where: str, value: Any) -> str:
-    if value not in SAMPLERS:
-        raise ConfigError(f"{where}: sampler={value!r}; choose one of {', '.join(SAMPLERS)}")
-    return value
+    return _choice(where, "sampler", value, SAMPLERS)
 
 
 def scheduler_name(where: str, value: Any) -> str:
-    if value not in SCHEDULERS:
-        raise ConfigError(f"{where}: scheduler={value!r}; choose one of {', '.join(SCHEDULERS)}")
-    return value
+    return _choice(where, "scheduler", value, SCHEDULERS)
 
 
-def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
+def _choice(where: str, key: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ConfigError(f"{where}: {key}={value!r}; choose one of {', '.join(choices)}")
     return value
