@@ -360,9 +360,45 @@ def table(budget: str) -> str:
                             for c in v["comparisons"])
         lines.append(f"| {v['claim']} | {v.get('source', '')} | {v['verdict']} | {numbers} |")
     text = "\n".join(lines) + "\n"
+    plot_curves(budget, results)
     (ROOT / f"{budget}.md").write_text(text)
     (ROOT / f"{budget}.json").write_text(json.dumps({"budget": budget, "claims": verdicts}, indent=1))
     return text
+
+
+def plot_curves(budget: str, results: dict) -> Path | None:
+    """Validation curves, one panel per row, one line per arm (mean over seeds, band from the lowest
+    to the highest seed), so a reader sees whether the runs converged: ``<budget>.png``."""
+    rows = [row for row in GRIDS[budget] if results.get(row.name)]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(6.5 * len(rows), 4.2), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        arms = results[row.name]
+        metric = headline(next(iter(next(iter(arms.values())).values())))
+        for arm in row.arms:
+            if arm not in arms:
+                continue
+            curves = [{c["step"]: c.get("val_" + metric, math.nan) for c in r["curve"]} for r in arms[arm].values()]
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            values = np.array([[c[step] for step in steps] for c in curves])
+            line, = ax.plot(steps, values.mean(axis=0), marker=".", label=f"{arm} ({len(curves)} seeds)",
+                            linestyle="-" if arm == "all" else "--" if "50%" in arm else ":")
+            if len(curves) > 1:
+                ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.12)
+        ax.set(title=f"{budget}: {row.name}", xlabel="step", ylabel=f"validation {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = ROOT / f"{budget}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _layers(layers: list[int]) -> str:
