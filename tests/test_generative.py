@@ -310,3 +310,30 @@ def test_references_come_from_the_answer_field_or_the_completion():
     assert objective.reference(GenExample("completion", prompt="q", completion="warm")) is None  # no GSM8K answer
     chat = GenExample("chat", messages=(("user", "2+2?"), ("assistant", "It is 4.\n#### 4")))
     assert objective.reference(chat) == "4"
+
+
+@pytest.mark.parametrize("selector, options", [
+    ("ist", {"ist.n_update": 2, "ist.interval": 3, "ist.probe_batch_size": 4}),
+    ("lisa", {"lisa.n_active": 2, "lisa.interval": 4}),
+    ("flexora", {"n": 2, "flexora.search_steps": 3, "flexora.val_batches": 2}),
+], ids=["ist", "lisa", "flexora"])
+def test_dynamic_selectors_train_on_generative_rows(tiny_config, tmp_path, selector, options):
+    """IST's probes, LISA's resampling and Flexora's search all run on the generative objective (the
+    target-token loss), train 2 of the 4 blocks, and lower the held-out loss."""
+    from raylsl.recipes import train as recipe
+
+    task = write_rows(tmp_path / "colours.jsonl", colour_rows())
+    results = recipe.train(tiny_config(task__name=str(task), train__steps=12, selector=selector, layers="all",
+                                       **{k.replace(".", "__"): v for k, v in options.items()}), progress=False)
+    before, after = results["before"], results["after"]
+    assert set(after) == {"loss", "perplexity", "n"}
+    # 0.65 (flexora) to 0.73 (ist) here; adapters that never train leave it at 1
+    assert after["loss"] < 0.85 * before["loss"], (before, after)
+    steps = [json.loads(line) for line in (Path(results["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    if selector == "flexora":
+        assert len(results["layers"]) == 2 and results["selection_time_s"] > 0
+    else:
+        assert all(len(m["active_blocks"]) == 2 for m in steps if "active_blocks" in m)
+        assert len({tuple(m["active_blocks"]) for m in steps if "active_blocks" in m}) > 1  # it moved
+    if selector == "ist":  # the probes measured the generative loss with blocks suppressed
+        assert any(v != 0 for v in results["dynamic"]["final_importance"])
