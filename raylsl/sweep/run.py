@@ -135,7 +135,8 @@ def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, wo
         "concurrency": space.concurrency if concurrency is None else concurrency,
         "workers_per_trial": space.workers_per_trial if workers_per_trial is None else workers_per_trial,
         "cpus_per_trial": space.cpus_per_trial, "gpus_per_trial": space.gpus_per_trial, "sampler": space.sampler,
-        "n_startup_trials": space.n_startup_trials, "seed": space.seed, "optuna_storage": space.optuna_storage,
+        "n_startup_trials": space.n_startup_trials, "population_size": space.population_size, "seed": space.seed,
+        "optuna_storage": space.optuna_storage,
         "scheduler": space.scheduler if scheduler is None else scheduler_name("--scheduler", scheduler),
         "eta": space.eta, "rungs": space.rungs,
     }

@@ -24,15 +24,26 @@ from raylsl.storage import Storage
 SAMPLERS = ("tpe", "random", "nsga2")
 
 
-def make_sampler(name: str, seed: int, n_startup_trials: int | None = None):
+def make_sampler(name: str, seed: int, n_startup_trials: int | None = None, population_size: int | None = None,
+                 trials: int = 16):
     """Optuna's TPE (multi-objective; ``n_startup_trials`` random ones first), random search, or
-    NSGA-II."""
+    NSGA-II with ``population_size`` trials per generation (default ``nsga2_population(trials)``)."""
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size or nsga2_population(trials))
     return optuna.samplers.TPESampler(seed=seed, **({} if n_startup_trials is None else
                                                     {"n_startup_trials": n_startup_trials}))
+
+
+def nsga2_population(trials: int) -> int:
+    """NSGA-II's generation size for a sweep of ``trials``: one eighth of them, 4 to 50.
+
+    Optuna's default of 50 draws the whole first generation at random, and a generation counts only
+    completed trials (not those Pareto halving stops), so with it any sweep of up to ~50 finished
+    trials is plain random search. An eighth leaves several generations to evolve even when halving
+    stops two trials in three."""
+    return min(50, max(4, trials // 8))
 
 
 def run_signature(config: dict[str, Any]) -> str:
@@ -146,6 +157,7 @@ def searcher(space, settings: dict[str, Any], points: list[dict], export_to: str
     goals = objectives(settings.get("metric", "acc"))
     return ParetoOptunaSearch(space=space, metric=list(goals), mode=list(goals.values()),
                               points_to_evaluate=points,
-                              sampler=make_sampler(settings["sampler"], settings["seed"], settings.get("n_startup_trials")),
+                              sampler=make_sampler(settings["sampler"], settings["seed"], settings.get("n_startup_trials"),
+                                                   settings.get("population_size"), settings["trials"]),
                               study_name=settings["study_name"],
                               storage=optuna.storages.RDBStorage(storage) if storage else None, export_to=export_to)

@@ -9,6 +9,7 @@
     gpus_per_trial: auto                     # a single-process trial's GPUs (auto: 1 when the cluster has GPUs)
     sampler: tpe                             # tpe (Optuna's multi-objective TPE), random or nsga2
     n_startup_trials: null                   # TPE's random trials before it models (Optuna's default: 10)
+    population_size: null                    # NSGA-II's generation size (default: trials // 8, 4 to 50)
     scheduler: none                          # none, or pareto_halving: stop dominated trials early
     metric: auto                             # what trials are ranked by: auto (the task's: acc for multiple
                                              # choice, exact_match for generative tasks with answers, else
@@ -43,7 +44,7 @@ import yaml
 from raylsl.errors import ConfigError
 
 SETTINGS = ("base", "set", "trials", "concurrency", "workers_per_trial", "cpus_per_trial", "gpus_per_trial", "sampler",
-            "n_startup_trials", "scheduler", "metric", "eta", "rungs", "seed", "optuna_storage", "points", "parameters")
+            "n_startup_trials", "population_size", "scheduler", "metric", "eta", "rungs", "seed", "optuna_storage", "points", "parameters")
 METRIC_CHOICES = ("auto", "acc", "exact_match", "loss")
 PARAMETER_FIELDS = ("choices", "low", "high", "log", "step", "when")
 SAMPLERS = ("tpe", "random", "nsga2")
@@ -91,6 +92,7 @@ class SearchSpace:
     gpus_per_trial: float | str = "auto"
     sampler: str = "tpe"
     n_startup_trials: int | None = None
+    population_size: int | None = None
     scheduler: str = "none"
     metric: str = "auto"
     eta: int = 3
@@ -195,6 +197,8 @@ def load_space(path: str | Path) -> SearchSpace:
         sampler=_sampler(where, raw.get("sampler", "tpe")),
         n_startup_trials=None if raw.get("n_startup_trials") is None else _count(where, "n_startup_trials",
                                                                                    raw["n_startup_trials"]),
+        population_size=None if raw.get("population_size") is None else _at_least(where, "population_size",
+                                                                                  raw["population_size"], 2),
         scheduler=scheduler_name(where, raw.get("scheduler", "none")),
         metric=_choice(where, "metric", raw.get("metric", "auto"), METRIC_CHOICES),
         eta=_at_least(where, "eta", raw.get("eta", 3), 2), rungs=_positive(where, "rungs", raw.get("rungs", 2)),

@@ -3,7 +3,7 @@
 import optuna
 import pytest
 
-from raylsl.sweep.search import ParetoOptunaSearch, make_sampler, run_signature
+from raylsl.sweep.search import ParetoOptunaSearch, make_sampler, nsga2_population, run_signature
 from raylsl.sweep.space import load_space
 
 pytest.importorskip("ray.tune")
@@ -91,3 +91,26 @@ def test_a_trial_stopped_early_is_pruned_and_its_repeats_are_not_trained(tmp_pat
     again = [r for r in search.repeats if r["answered_by"] == "t0"]
     assert again and "pruned again, not trained" in capsys.readouterr().out
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in search.study.trials)
+
+
+@pytest.mark.parametrize("trials, size", [(16, 4), (40, 5), (100, 12), (1000, 50)])
+def test_nsga2_population_is_an_eighth_of_the_trials_within_4_to_50(trials, size):
+    assert nsga2_population(trials) == size == make_sampler("nsga2", 0, trials=trials).population_size
+    assert make_sampler("nsga2", 0, population_size=6, trials=trials).population_size == 6
+
+
+def test_nsga2_evolves_within_a_short_sweep():
+    """With Optuna's population of 50, all 24 trials of this sweep would be generation 0, drawn at
+    random; the sweep's default (24 // 8 -> 4) breeds from finished trials after the first 4."""
+    def objective(trial):
+        x, y = trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)
+        return x, y
+
+    generations = {}
+    for name, sampler in (("default", make_sampler("nsga2", 0, trials=24)),
+                          ("optuna", optuna.samplers.NSGAIISampler(seed=0))):
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        study.optimize(objective, n_trials=24)
+        generations[name] = [t.system_attrs["NSGAIISampler:generation"] for t in study.trials]
+    assert generations["optuna"] == [0] * 24
+    assert generations["default"][:4] == [0] * 4 and max(generations["default"]) >= 4

@@ -43,6 +43,7 @@ def write(tmp_path, body: str) -> Path:
     ("sampler: grid\nparameters: {lora.r: {choices: [4]}}", "sampler='grid'"),
     ("scheduler: asha\nparameters: {lora.r: {choices: [4]}}", "scheduler='asha'; choose one of none, pareto_halving"),
     ("eta: 1\nparameters: {lora.r: {choices: [4]}}", "eta=1 must be an integer >= 2"),
+    ("population_size: 1\nparameters: {lora.r: {choices: [4]}}", "population_size=1 must be an integer >= 2"),
     ("rungs: 0\nparameters: {lora.r: {choices: [4]}}", "rungs"),
     ("trials: 0\nparameters: {lora.r: {choices: [4]}}", "trials=0 must be a positive integer"),
     ("base: nowhere.yaml\nparameters: {lora.r: {choices: [4]}}", "base: nowhere.yaml does not exist"),
