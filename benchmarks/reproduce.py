@@ -43,7 +43,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +84,7 @@ ENCODER_CPU = {"model": "minilm-l6", "task": "sarcasm", "data.train_size": 2000,
 DECODER_CPU = {"model": "smollm2-135m", "task": "sarcasm", "data.val_size": 200, "data.test_size": 500,
                "data.max_length": 64, "lora.r": 8, "lora.alpha": 16, "train.batch_size": 16, "train.steps": 600,
                "train.lr": 5e-4, "train.warmup_steps": 30, "train.eval_every": 60, "train.eval_subset": 200,
-               "train.checkpoint_every": 0, "ist.interval": 10, "lisa.interval": 20}
+               "train.checkpoint_every": 60, "ist.interval": 10, "lisa.interval": 20}
 """SmolLM2 on sarcasm at 10x the README's 60 steps."""
 MATH_CPU = {"model": "smollm2-135m", "task.name": "arithmetic", "task.max_new_tokens": 40, "data.val_size": 100,
             "data.test_size": 300, "data.max_length": 96, "lora.r": 8, "lora.alpha": 16, "train.batch_size": 8,
@@ -181,25 +180,40 @@ def result_path(budget: str, row: str, arm: str, seed: int) -> Path:
     return ROOT / budget / row / f"{arm.replace(' ', '_').replace('%', 'pct')}-s{seed}.json"
 
 
+def work_dir(budget: str, row: str, arm: str, seed: int) -> Path:
+    """Where a configuration trains (git-ignored); removed once its result is written."""
+    return ROOT / budget / ".runs" / row / result_path(budget, row, arm, seed).stem
+
+
 def run_one(budget: str, row: Row, arm: str, seed: int) -> dict:
+    """Trains and tests one configuration. One that was interrupted continues from its newest
+    checkpoint (``train.checkpoint_every``; the last step's always exists), so a killed 50-minute
+    run loses at most the steps since then, and one killed during its test evaluation loses none."""
     from raylsl.config import load_config
-    from raylsl.recipes.train import train
+    from raylsl.recipes.train import resume, train
 
     overrides = {**row.base, **row.arms[arm], "train.seed": seed, "calibration.seed": seed, "eval_split": "test"}
     first = arm == next(iter(row.arms))  # the base model's test metrics are the same for every arm
-    with tempfile.TemporaryDirectory() as out:
-        config = load_config(None, {**overrides, "output_dir": out, "name": "run", "eval_before": first})
-        started = time.perf_counter()
+    out = work_dir(budget, row.name, arm, seed)
+    started = time.perf_counter()
+    if (out / "run" / "checkpoints").is_dir():
+        print(f"    resuming {out / 'run'}", flush=True)
+        r = resume(out / "run", progress=False)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        config = load_config(None, {**overrides, "output_dir": str(out), "name": "run", "eval_before": first})
         r = train(config, progress=False)
-        wall = time.perf_counter() - started
-        lines = [json.loads(line) for line in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    wall = time.perf_counter() - started
+    lines = [json.loads(line) for line in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     curve = [{k: v for k, v in m.items() if k == "step" or k.startswith("val_")} for m in lines
              if any(k.startswith("val_") for k in m)]
     return {"budget": budget, "row": row.name, "arm": arm, "seed": seed, "overrides": overrides,
             "layers": r["layers"], "params": r["params"], "before": r["before"], "after": r["after"],
             "after_per_example": r.get("after_per_example"), "curve": curve,
             "train_loss": [m["loss"] for m in lines], "selection_time_s": r["selection_time_s"],
-            "train_time_s": r["train"]["train_time_s"], "wall_s": wall, "dynamic": r.get("dynamic")}
+            "train_time_s": r["train"]["train_time_s"], "wall_s": wall, "dynamic": r.get("dynamic"),
+            "resumed_from": r["train"].get("resumed_from"),
+            "step_time_sum_s": sum(m.get("step_time_s", 0.0) for m in lines)}
 
 
 def pending(budget: str, rows: list[str] | None, seeds: list[int] | None,
@@ -220,6 +234,7 @@ def run_and_save(budget: str, row: Row, arm: str, seed: int) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.partial")
     tmp.write_text(json.dumps(result, indent=1))
     tmp.rename(path)  # a half-written file is never taken for a finished configuration
+    shutil.rmtree(work_dir(budget, row.name, arm, seed), ignore_errors=True)
     metric = headline(result)
     print(f"    {row.name}: {arm}, seed {seed}: test {metric} {result['after'][metric]:.4f}, "
           f"{result['wall_s'] / 60:.1f} min", flush=True)
@@ -350,7 +365,7 @@ def table(budget: str) -> str:
             lines.append(f"| {arm} | {blocks} | {first['params']['adapter']:,} | {len(runs)} "
                          f"| {np.mean(befores) if befores else float('nan'):.3f} "
                          f"| {np.mean(after):.3f}" + (f" ± {spread:.3f}" if not math.isnan(spread) else "")
-                         + f" | {minus} | {curve} | {np.mean([r['train_time_s'] for r in runs.values()]) / 60:.1f} |")
+                         + f" | {minus} | {curve} | {np.mean([train_seconds(r) for r in runs.values()]) / 60:.1f} |")
         lines.append("")
     lines += ["## Claims", "", "| claim | source | verdict | numbers |", "|---|---|---|---|"]
     verdicts = [verdict(c, results) for c in CLAIMS]
@@ -364,6 +379,12 @@ def table(budget: str) -> str:
     (ROOT / f"{budget}.md").write_text(text)
     (ROOT / f"{budget}.json").write_text(json.dumps({"budget": budget, "claims": verdicts}, indent=1))
     return text
+
+
+def train_seconds(result: dict) -> float:
+    """The configuration's training time; for one resumed after an interruption, the sum of its
+    steps' times (the resumed process timed only what was left)."""
+    return result["step_time_sum_s"] if result.get("resumed_from") else result["train_time_s"]
 
 
 def plot_curves(budget: str, results: dict) -> Path | None:

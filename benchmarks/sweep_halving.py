@@ -68,16 +68,23 @@ def summarise(run_dir: Path, max_params: float) -> dict:
     }
 
 
+def variant_space(space_path: str, space: dict, name: str, eval_subset: int, **settings) -> Path:
+    """``runs/<name>.yaml``: the space with its base made absolute, rung evaluations on the first
+    ``eval_subset`` validation examples, and ``settings`` (sampler, scheduler) on top."""
+    variant = Path("runs") / f"{name}.yaml"
+    variant.parent.mkdir(exist_ok=True)
+    base = (Path(space_path).parent / space["base"]).resolve()
+    fixed = {**space.get("set", {}), "train.eval_subset": eval_subset}
+    variant.write_text(yaml.safe_dump({**space, "base": str(base), "set": fixed, **settings}, sort_keys=False))
+    return variant
+
+
 def run_sweeps(args, space: dict) -> dict[str, Path]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dirs = {}
     for arm in [args.arm] if args.arm else ARMS:
-        variant = Path("runs") / f"bench-halving-space-{arm}-{stamp}.yaml"
-        variant.parent.mkdir(exist_ok=True)
-        base = (Path(args.space).parent / space["base"]).resolve()
-        fixed = {**space.get("set", {}), "train.eval_subset": args.eval_subset}
-        variant.write_text(yaml.safe_dump({**space, "base": str(base), "set": fixed, "sampler": "tpe",
-                                           "scheduler": arm}, sort_keys=False))
+        variant = variant_space(args.space, space, f"bench-halving-space-{arm}-{stamp}", args.eval_subset,
+                                sampler="tpe", scheduler=arm)
         report = sweep(variant, trials=args.trials, output_dir="runs", name=f"bench-halving-{arm}-{stamp}",
                        progress=False)
         run_dirs[arm] = report.run_dir

@@ -1,0 +1,107 @@
+"""Optuna's samplers at 40+ trials, each with Pareto halving: TPE vs NSGA-II vs random (CPU, ~3 h).
+
+    python benchmarks/sweep_samplers.py [--trials 40] [--samplers tpe,nsga2,random]   # runs; resumes
+    python benchmarks/sweep_samplers.py --summarise                                    # table only
+
+Each sampler runs the same space (``benchmarks/sweep_space.yaml``: SmolLM2 + sarcasm, 40 steps x 8
+per trial), seed and number of trials with ``scheduler: pareto_halving`` (eta 3; rung evaluations
+on the first ``--eval-subset`` validation examples), which is what makes 40+ trials affordable here.
+The sweeps are ``runs/bench-samplers-<sampler>-<trials>``: a rerun skips a finished sweep and
+resumes an interrupted one (``resume_sweep``: finished trials kept), so the hours can be run in
+pieces. NSGA-II uses the sweep's default generation size (an eighth of the trials).
+
+For each sampler the table gives the trials finished, stopped early and failed, the wall time, and
+the hypervolume of the front of finished trials (over validation accuracy and -trainable
+parameters / all blocks at the highest rank, reference (0.5, -1.1), as ``sweep_pareto.py``): at the
+end, at the shortest sweep's wall time (equal wall-clock budget), and after the first K trials.
+Wall times come from Tune's timestamps, so a sweep that was interrupted and resumed counts the gap:
+compare it by K, not by time. Writes ``benchmarks/sweep_samplers.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from raylsl.report import hypervolume_2d, load
+from raylsl.sweep.run import resume_sweep, sweep
+from sweep_halving import hypervolume_at, summarise, variant_space  # (benchmarks/ is on the path as a script)
+from sweep_pareto import _all_blocks_params
+
+HERE = Path(__file__).parent
+OUT = HERE / "sweep_samplers.json"
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+def run_or_resume(args, space: dict, sampler: str) -> Path:
+    name = f"bench-samplers-{sampler}-{args.trials}"
+    run_dir = Path(args.output_dir) / name
+    if (run_dir / "sweep.json").is_file():
+        if not load(run_dir).complete:
+            print(f"{sampler}: resuming {run_dir}", flush=True)
+            resume_sweep(run_dir, progress=args.progress)
+        return run_dir
+    variant = variant_space(args.space, space, f"{name}-space", args.eval_subset, sampler=sampler,
+                            scheduler="pareto_halving")
+    print(f"{sampler}: {args.trials} trials into {run_dir}", flush=True)
+    return sweep(variant, trials=args.trials, output_dir=args.output_dir, name=name, progress=args.progress).run_dir
+
+
+def hypervolume_after_k(trials, max_params: float, ks: list[int]) -> dict[int, float]:
+    """Hypervolume of the finished trials among the first K Tune created (stopped ones are not on a front)."""
+    out = {}
+    for k in ks:
+        first = trials.iloc[:k]
+        done = first[first["status"] == "TERMINATED"]
+        points = list(zip(done["val_acc"].astype(float), -done["trainable_params"].astype(float) / max_params))
+        out[k] = hypervolume_2d(points, (0.5, -1.1)) if points else 0.0
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--eval-subset", type=int, default=100)
+    parser.add_argument("--space", default=str(HERE / "sweep_space.yaml"))
+    parser.add_argument("--output-dir", default="runs")
+    parser.add_argument("--summarise", action="store_true", help="summarise the sweeps that exist; run nothing")
+    parser.add_argument("--progress", action="store_true", help="print each trial's steps while it runs")
+    args = parser.parse_args()
+    space = yaml.safe_load(Path(args.space).read_text())
+    samplers = args.samplers.split(",")
+    if args.summarise:
+        run_dirs = {s: Path(args.output_dir) / f"bench-samplers-{s}-{args.trials}" for s in samplers}
+        run_dirs = {s: d for s, d in run_dirs.items() if (d / "sweep.json").is_file()}
+    else:
+        run_dirs = {s: run_or_resume(args, space, s) for s in samplers}
+    absolute = {**space, "base": str((Path(args.space).parent / space["base"]).resolve())}
+    max_params = _all_blocks_params(absolute, max(space["parameters"]["lora.r"]["choices"]))
+    results = {s: summarise(d, max_params) for s, d in run_dirs.items()}
+    budget = min(r["wall_time_s"] for r in results.values())
+    ks = sorted({k for k in (10, 20, 30, 40, 60, 80, args.trials) if k <= args.trials})
+    for s, d in run_dirs.items():
+        trials = load(d).trials
+        r = results[s]
+        r["complete"] = load(d).complete
+        r["hypervolume_at_equal_budget"] = hypervolume_at(trials, r.pop("ends"), budget, max_params)
+        r["hypervolume_after_k"] = hypervolume_after_k(trials, max_params, ks)
+    results.update(equal_budget_s=budget, max_params=max_params, trials_requested=args.trials,
+                   eval_subset=args.eval_subset)
+    OUT.write_text(json.dumps(results, indent=2))
+    print(f"{'sampler':>8} {'trials':>6} {'finished':>8} {'stopped':>7} {'failed':>6} {'wall (min)':>10} "
+          f"{'HV end':>7} {'HV @ ' + format(budget / 60, '.1f') + ' min':>12} "
+          + " ".join(f"{'HV@' + str(k):>7}" for k in ks))
+    for s in run_dirs:
+        r = results[s]
+        print(f"{s:>8} {r['trials']:>6} {r['finished']:>8} {r['stopped_early']:>7} {r['failed']:>6} "
+              f"{r['wall_time_s'] / 60:>10.1f} {r['hypervolume_end']:>7.4f} {r['hypervolume_at_equal_budget']:>12.4f} "
+              + " ".join(f"{r['hypervolume_after_k'][k]:>7.4f}" for k in ks) + ("" if r["complete"] else "  (incomplete)"))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
