@@ -107,7 +107,7 @@ def main() -> None:
     run_dirs = dict(zip(ARMS, map(Path, args.from_runs))) if args.from_runs else run_sweeps(args, space)
     from sweep_pareto import _all_blocks_params  # (benchmarks/ is on the path when run as a script)
 
-    max_params = _all_blocks_params(space, max(space["parameters"]["lora.r"]["choices"]))
+    max_params = _all_blocks_params(args.space, space)
     results = {arm: summarise(run_dir, max_params) for arm, run_dir in run_dirs.items()}
     budget = min(r["wall_time_s"] for r in results.values())
     for arm, run_dir in run_dirs.items():

@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     space = yaml.safe_load(Path(args.space).read_text())
     run_dirs = dict(zip(("tpe", "random"), map(Path, args.from_runs))) if args.from_runs else run_sweeps(args, space)
-    max_params = _all_blocks_params(space, max(space["parameters"]["lora.r"]["choices"]))
+    max_params = _all_blocks_params(args.space, space)
     results = {sampler: summarise(run_dir, max_params) for sampler, run_dir in run_dirs.items()}
     results["max_params"] = max_params
     shutil.copyfile(run_dirs["tpe"] / "pareto.png", HERE / "sweep_pareto.png")
@@ -102,13 +102,15 @@ def summarise(run_dir: Path, max_params: float) -> dict:
     }
 
 
-def _all_blocks_params(space: dict, rank: int) -> float:
-    """Trainable parameters of LoRA on every block at ``rank`` (the largest point in the space)."""
+def _all_blocks_params(space_path: str, space: dict) -> float:
+    """Trainable parameters of LoRA on every block at the space's highest rank (its largest point);
+    ``base`` is relative to the space file, as the sweep reads it."""
     from raylsl.assemble import assemble_here
     from raylsl.lora import count_trainable
     from raylsl.plan import load_run_config
 
-    config = load_run_config(str((HERE / space["base"]).resolve()), {"layers": "all", "lora.r": rank})
+    rank = max(space["parameters"]["lora.r"]["choices"])
+    config = load_run_config(str((Path(space_path).parent / space["base"]).resolve()), {"layers": "all", "lora.r": rank})
     return float(count_trainable(assemble_here(config).model)["trainable"])
 
 

@@ -26,39 +26,40 @@ from pathlib import Path
 
 import yaml
 
-from raylsl.report import hypervolume_2d, load
+from raylsl.report import load
 from raylsl.sweep.run import resume_sweep, sweep
 from sweep_halving import hypervolume_at, summarise, variant_space  # (benchmarks/ is on the path as a script)
-from sweep_pareto import _all_blocks_params
+from sweep_pareto import _all_blocks_params, hypervolume_after_each_trial
 
 HERE = Path(__file__).parent
 OUT = HERE / "sweep_samplers.json"
 SAMPLERS = ("tpe", "nsga2", "random")
 
 
+def sweep_dir(args, sampler: str) -> Path:
+    return Path(args.output_dir) / f"bench-samplers-{sampler}-{args.trials}"
+
+
 def run_or_resume(args, space: dict, sampler: str) -> Path:
-    name = f"bench-samplers-{sampler}-{args.trials}"
-    run_dir = Path(args.output_dir) / name
+    run_dir = sweep_dir(args, sampler)
     if (run_dir / "sweep.json").is_file():
         if not load(run_dir).complete:
             print(f"{sampler}: resuming {run_dir}", flush=True)
             resume_sweep(run_dir, progress=args.progress)
         return run_dir
-    variant = variant_space(args.space, space, f"{name}-space", args.eval_subset, sampler=sampler,
+    variant = variant_space(args.space, space, f"{run_dir.name}-space", args.eval_subset, sampler=sampler,
                             scheduler="pareto_halving")
     print(f"{sampler}: {args.trials} trials into {run_dir}", flush=True)
-    return sweep(variant, trials=args.trials, output_dir=args.output_dir, name=name, progress=args.progress).run_dir
+    return sweep(variant, trials=args.trials, output_dir=args.output_dir, name=run_dir.name,
+                 progress=args.progress).run_dir
 
 
 def hypervolume_after_k(trials, max_params: float, ks: list[int]) -> dict[int, float]:
-    """Hypervolume of the finished trials among the first K Tune created (stopped ones are not on a front)."""
-    out = {}
-    for k in ks:
-        first = trials.iloc[:k]
-        done = first[first["status"] == "TERMINATED"]
-        points = list(zip(done["val_acc"].astype(float), -done["trainable_params"].astype(float) / max_params))
-        out[k] = hypervolume_2d(points, (0.5, -1.1)) if points else 0.0
-    return out
+    """Hypervolume of the finished trials among the first K Tune created (stopped ones are not on a
+    front: their accuracy is a rung's, on a subset)."""
+    finished = trials.assign(val_acc=trials["val_acc"].where(trials["status"] == "TERMINATED"))
+    curve = hypervolume_after_each_trial(finished, max_params)
+    return {k: curve[min(k, len(curve)) - 1] if curve else 0.0 for k in ks}
 
 
 def main() -> None:
@@ -74,21 +75,18 @@ def main() -> None:
     space = yaml.safe_load(Path(args.space).read_text())
     samplers = args.samplers.split(",")
     if args.summarise:
-        run_dirs = {s: Path(args.output_dir) / f"bench-samplers-{s}-{args.trials}" for s in samplers}
-        run_dirs = {s: d for s, d in run_dirs.items() if (d / "sweep.json").is_file()}
+        run_dirs = {s: sweep_dir(args, s) for s in samplers if (sweep_dir(args, s) / "sweep.json").is_file()}
     else:
         run_dirs = {s: run_or_resume(args, space, s) for s in samplers}
-    absolute = {**space, "base": str((Path(args.space).parent / space["base"]).resolve())}
-    max_params = _all_blocks_params(absolute, max(space["parameters"]["lora.r"]["choices"]))
+    max_params = _all_blocks_params(args.space, space)
     results = {s: summarise(d, max_params) for s, d in run_dirs.items()}
     budget = min(r["wall_time_s"] for r in results.values())
     ks = sorted({k for k in (10, 20, 30, 40, 60, 80, args.trials) if k <= args.trials})
     for s, d in run_dirs.items():
-        trials = load(d).trials
-        r = results[s]
-        r["complete"] = load(d).complete
-        r["hypervolume_at_equal_budget"] = hypervolume_at(trials, r.pop("ends"), budget, max_params)
-        r["hypervolume_after_k"] = hypervolume_after_k(trials, max_params, ks)
+        report, r = load(d), results[s]
+        r["complete"] = report.complete
+        r["hypervolume_at_equal_budget"] = hypervolume_at(report.trials, r.pop("ends"), budget, max_params)
+        r["hypervolume_after_k"] = hypervolume_after_k(report.trials, max_params, ks)
     results.update(equal_budget_s=budget, max_params=max_params, trials_requested=args.trials,
                    eval_subset=args.eval_subset)
     OUT.write_text(json.dumps(results, indent=2))

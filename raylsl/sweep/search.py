@@ -21,8 +21,6 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raylsl.storage import Storage
 
-SAMPLERS = ("tpe", "random", "nsga2")
-
 
 def make_sampler(name: str, seed: int, n_startup_trials: int | None = None, population_size: int | None = None,
                  trials: int = 16):
