@@ -23,6 +23,8 @@ Budgets:
          learning rates and ranks after the papers' scripts (see PAPER below).
   gpu    the encoder row at a budget one short GPU lease affords (~10 minutes): more data, more
          steps and the paper budget's rank and learning rate, all configurations at once.
+  gpu-long     the encoder row on all of sarcasm's train split, 3 seeds, plus arms at 33%.
+  gpu-decoder  the cpu budget's decoder row (600 steps x 16) with 3 seeds, all at once on one GPU.
 
 ``--jobs N`` runs N configurations at once, each in its own process. On a GPU these small models
 are bound by kernel launches and Python, not by the GPU, so N processes give nearly N times the
@@ -91,6 +93,11 @@ MATH_CPU = {"model": "smollm2-135m", "task.name": "arithmetic", "task.max_new_to
             "train.steps": 300, "train.lr": 5e-4, "train.warmup_steps": 10, "train.eval_every": 50,
             "train.eval_subset": 50, "train.checkpoint_every": 0}
 
+DECODER_ARMS = {"all": {"layers": "all"}, "ist 25%": {"selector": "ist", "ist.n_update": 0.25, "layers": "all"},
+                "lisa 25%": {"selector": "lisa", "lisa.n_active": 0.25, "layers": "all"},
+                "random 25%": {"selector": "random", "n": 0.25, "layers": "all"}}
+"""IST's Table 4 comparison: all blocks, and a quarter of them per step chosen by IST, LISA or at random."""
+
 STATIC = ("cka", "activation", "gradient", "first", "last", "random")
 GRIDS: dict[str, list[Row]] = {
     "cpu": [
@@ -99,10 +106,7 @@ GRIDS: dict[str, list[Row]] = {
                                                          for s in ("cka", "activation", "first", "last", "random")}},
             (0, 1), step_s=2.6),
         Row("decoder", "SmolLM2-135M (30 blocks), sarcasm, 600 steps x 16",
-            DECODER_CPU, {"all": {"layers": "all"}, "ist 25%": {"selector": "ist", "ist.n_update": 0.25, "layers": "all"},
-                          "lisa 25%": {"selector": "lisa", "lisa.n_active": 0.25, "layers": "all"},
-                          "random 25%": {"selector": "random", "n": 0.25, "layers": "all"}},
-            (0,), step_s=5.0),
+            DECODER_CPU, DECODER_ARMS, (0,), step_s=5.0),
         Row("decoder-more", "SmolLM2-135M, sarcasm, 600 steps x 16: a static selector at 50% and Flexora",
             DECODER_CPU, {"cka 50%": {"selector": "cka", "n": 0.5, "layers": "all"},
                           "flexora 50%": {"selector": "flexora", "n": 0.5, "layers": "all"}}, (0,), step_s=5.0,
@@ -127,6 +131,10 @@ GRIDS: dict[str, list[Row]] = {
                                           for s in ("cka", "activation", "first", "last", "random")},
              **{f"{s} 33%": {"selector": s, "n": 2, "layers": "all"} for s in ("cka", "activation", "random")}},
             (0, 1, 2), step_s=0.12),
+    ],
+    "gpu-decoder": [
+        Row("decoder", "SmolLM2-135M (30 blocks), sarcasm, 600 steps x 16 (the cpu row's budget), 3 seeds",
+            DECODER_CPU, DECODER_ARMS, (0, 1, 2), step_s=0.3),
     ],
     # The seeds' budgets. CKA paper: 30-80 epochs on GLUE-size encoder sets (10 epochs of the 27k
     # sarcasm headlines here), ~6,250 steps on math; IST: 3 epochs of its 170k arithmetic set
