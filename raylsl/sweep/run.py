@@ -208,6 +208,12 @@ def _score_once(base, space: SearchSpace, examples: list, run: RunDir) -> tuple[
     return scores, seconds
 
 
+def _num_blocks(inputs: SweepInputs) -> int | None:
+    """The model's block count, known on the driver from any static selector's scores (one per
+    block); None when the space has none, and fractional budgets are then compared as sampled."""
+    return next((len(s.scores) for s in inputs.scores.values()), None)
+
+
 def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: bool, restore: bool) -> SweepReport:
     import os
 
@@ -226,7 +232,8 @@ def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: b
         space = load_space_from(run)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher(space, settings, points, run.storage.uri),
+            tune_config=tune.TuneConfig(search_alg=searcher(space, settings, points, run.storage.uri,
+                                                            num_blocks=_num_blocks(inputs)),
                                         scheduler=sweep_scheduler(settings, run.storage.uri),
                                         num_samples=settings["trials"], max_concurrent_trials=settings["concurrency"]),
             run_config=tune.RunConfig(name="tune", storage_path=run.storage.uri, verbose=1 if progress else 0,

@@ -32,6 +32,20 @@ def test_signature_is_the_resolved_run():
         run_signature({"selector": "last", "n": 2, "lora": {"r": 4}})
 
 
+def test_signature_compares_fractional_budgets_as_block_counts():
+    # TPE proposed n = 0.106, 0.110 and 0.132 for `last` on SmolLM2's 30 blocks: all 3 blocks, one run
+    same = [{"selector": "last", "n": n, "lora": {"r": 4}} for n in (0.106, 0.110, 0.132)]
+    assert len({run_signature(c, num_blocks=30) for c in same}) == 1
+    assert run_signature(same[0], num_blocks=30) == run_signature({**same[0], "n": 3}, num_blocks=30)
+    assert run_signature(same[0], num_blocks=30) != run_signature({**same[0], "n": 0.134}, num_blocks=30)  # 4
+    assert len({run_signature(c) for c in same}) == 3  # block count unknown: compared as sampled
+    ist = [{"selector": "ist", "n": n, "ist": {"mu": 10.0}} for n in (0.25, 0.26)]  # n -> ist.n_update: 7 of 30
+    assert run_signature(ist[0], num_blocks=30) == run_signature(ist[1], num_blocks=30)
+    # a fraction that rounds to no block is left as sampled: the trial fails with Budget's message
+    assert run_signature({"selector": "last", "n": 0.01}, num_blocks=30) != \
+        run_signature({"selector": "last", "n": 0.02}, num_blocks=30)
+
+
 def test_a_repeated_proposal_is_answered_from_the_finished_trial(tmp_path, capsys):
     search = _searcher(tmp_path)
     trained, values = {}, {}
