@@ -1,4 +1,4 @@
-"""Optuna's samplers at 40+ trials, each with Pareto halving: TPE vs NSGA-II vs random (CPU, ~3 h).
+"""Optuna's samplers at 40+ trials, each with Pareto halving: TPE vs NSGA-II vs random (CPU, ~1 h per sampler).
 
     python benchmarks/sweep_samplers.py [--trials 40] [--samplers tpe,nsga2,random]   # runs; resumes
     python benchmarks/sweep_samplers.py --summarise                                    # table only
@@ -37,7 +37,7 @@ SAMPLERS = ("tpe", "nsga2", "random")
 
 
 def sweep_dir(args, sampler: str) -> Path:
-    return Path(args.output_dir) / f"bench-samplers-{sampler}-{args.trials}"
+    return Path(args.output_dir).resolve() / f"bench-samplers-{sampler}-{args.trials}"  # Tune needs it absolute
 
 
 def run_or_resume(args, space: dict, sampler: str) -> Path:
