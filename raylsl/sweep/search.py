@@ -56,8 +56,8 @@ def run_signature(config: dict[str, Any], num_blocks: int | None = None) -> str:
     from raylsl.sweep.space import BUDGET_KEY, trial_overrides
 
     flat = trial_overrides(flatten_dict(config, delimiter="."))
-    for key in ("n", *BUDGET_KEY.values()):
-        if num_blocks and isinstance(flat.get(key), float):
+    for key in ("n", *BUDGET_KEY.values()) if num_blocks else ():
+        if isinstance(flat.get(key), float):
             try:
                 flat[key] = Budget(flat[key]).count(num_blocks)
             except ConfigError:
@@ -78,8 +78,9 @@ class ParetoOptunaSearch(OptunaSearch):
     Ray's multi-objective path passes ``[None, None]`` to ``study.tell`` for a trial that errored,
     which Optuna rejects; Ray only logs that, and the study would keep the trial RUNNING forever.
     TPE proposes the same configuration again now and then (twice in a 16-trial SmolLM2 sweep, and
-    n = 0.106, 0.110, 0.132 for 3 of 30 blocks in a 40-trial one): such a proposal is told to Optuna with the finished trial's values and the next one is asked
-    for, so every Tune trial trains a configuration no finished trial has.
+    n = 0.106, 0.110, 0.132, all 3 of 30 blocks, in a 40-trial one): such a proposal is told to
+    Optuna with the finished trial's values and the next one is asked for, so every Tune trial
+    trains a configuration no finished trial has.
     """
 
     def __init__(self, *args, export_to: str | None = None, num_blocks: int | None = None, **kwargs):
