@@ -62,6 +62,16 @@ def hypervolume_after_k(trials, max_params: float, ks: list[int]) -> dict[int, f
     return {k: curve[min(k, len(curve)) - 1] if curve else 0.0 for k in ks}
 
 
+def proposals_answered(run_dir: Path, trials: int) -> int:
+    """Proposals the sweep answered from an earlier trial instead of training (repeats): the study
+    exported to ``optuna.db`` holds every proposal, Tune only the trained ones."""
+    import optuna
+
+    storage = f"sqlite:///{run_dir / 'optuna.db'}"
+    name = optuna.get_all_study_summaries(storage)[0].study_name
+    return len(optuna.load_study(study_name=name, storage=storage).trials) - trials
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=40)
@@ -87,17 +97,19 @@ def main() -> None:
         r["complete"] = report.complete
         r["hypervolume_at_equal_budget"] = hypervolume_at(report.trials, r.pop("ends"), budget, max_params)
         r["hypervolume_after_k"] = hypervolume_after_k(report.trials, max_params, ks)
+        r["proposals_answered_without_training"] = proposals_answered(d, r["trials"])
     results.update(equal_budget_s=budget, max_params=max_params, trials_requested=args.trials,
                    eval_subset=args.eval_subset)
     OUT.write_text(json.dumps(results, indent=2))
     print(f"{'sampler':>8} {'trials':>6} {'finished':>8} {'stopped':>7} {'failed':>6} {'wall (min)':>10} "
           f"{'HV end':>7} {'HV @ ' + format(budget / 60, '.1f') + ' min':>12} "
-          + " ".join(f"{'HV@' + str(k):>7}" for k in ks))
+          + " ".join(f"{'HV@' + str(k):>7}" for k in ks) + f" {'repeats':>7}")
     for s in run_dirs:
         r = results[s]
         print(f"{s:>8} {r['trials']:>6} {r['finished']:>8} {r['stopped_early']:>7} {r['failed']:>6} "
               f"{r['wall_time_s'] / 60:>10.1f} {r['hypervolume_end']:>7.4f} {r['hypervolume_at_equal_budget']:>12.4f} "
-              + " ".join(f"{r['hypervolume_after_k'][k]:>7.4f}" for k in ks) + ("" if r["complete"] else "  (incomplete)"))
+              + " ".join(f"{r['hypervolume_after_k'][k]:>7.4f}" for k in ks)
+              + f" {r['proposals_answered_without_training']:>7}" + ("" if r["complete"] else "  (incomplete)"))
     print(f"wrote {OUT}")
 
 
