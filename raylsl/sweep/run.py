@@ -210,7 +210,7 @@ def _score_once(base, space: SearchSpace, examples: list, run: RunDir) -> tuple[
 
 def _num_blocks(inputs: SweepInputs) -> int | None:
     """The model's block count, known on the driver from any static selector's scores (one per
-    block); None when the space has none, and fractional budgets are then compared as sampled."""
+    block); None when the space has none, and the searcher then learns it from the first report."""
     return next((len(s.scores) for s in inputs.scores.values()), None)
 
 

@@ -88,7 +88,10 @@ class ParetoOptunaSearch(OptunaSearch):
         self.export_to = export_to
         """Storage URI of the sweep; ``optuna.db`` is written there."""
         self.num_blocks = num_blocks
-        """The model's blocks, to compare fractional budgets as block counts (None: as sampled)."""
+        """The model's blocks, to compare fractional budgets as block counts (None until known: the
+        driver knows it from a static selector's scores, or learns it from a trial's first report)."""
+        self.configs: dict[str, dict[str, Any]] = {}
+        """Tune trial id -> the configuration it trains, to recompute signatures once ``num_blocks`` is known."""
         self._signatures: dict[str, str] = {}
         """Tune trial id -> its run signature, for trials in flight."""
         self.finished: dict[str, dict[str, Any]] = {}
@@ -113,6 +116,7 @@ class ParetoOptunaSearch(OptunaSearch):
                 continue
             if done is None:
                 self._signatures[trial_id] = signature
+                self.configs[trial_id] = config
                 return config
             # Told as a finished trial of its own (Optuna learns the point again, as if trained),
             # then forgotten, so that the next super().suggest asks Optuna afresh.
@@ -124,7 +128,29 @@ class ParetoOptunaSearch(OptunaSearch):
               flush=True)
         return self.FINISHED
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.learn_num_blocks(result.get("num_blocks"))
+        super().on_trial_result(trial_id, result)
+
+    def learn_num_blocks(self, num_blocks: int | None) -> None:
+        """Takes the model's block count from a trial's report, if the searcher did not know it, and
+        recomputes the signatures of the trials so far, so that fractional budgets sampled before
+        compare as block counts too (a trial from a pickle older than ``configs`` keeps its own)."""
+        if not num_blocks or getattr(self, "num_blocks", None):
+            return
+        self.num_blocks = int(num_blocks)
+        configs = getattr(self, "configs", {})
+        self.configs = configs
+
+        def resign(signature: str, trial_id: str) -> str:
+            return run_signature(configs[trial_id], self.num_blocks) if trial_id in configs else signature
+
+        self.finished = {resign(s, done["trial_id"]): done for s, done in self.finished.items()}
+        self.pruned = {resign(s, trial_id): trial_id for s, trial_id in self.pruned.items()}
+        self._signatures = {trial_id: resign(s, trial_id) for trial_id, s in self._signatures.items()}
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.learn_num_blocks((result or {}).get("num_blocks"))
         if not error and (result or {}).get("final") is False and trial_id in self._ot_trials \
                 and trial_id not in self._completed_trials:
             # Stopped by the scheduler after an evaluation during training: pruned, not finished.

@@ -153,6 +153,7 @@ def trial_metrics(results: dict[str, Any], metric: str = "acc") -> dict[str, Any
         "pct_of_all_blocks": 100.0 * params["trainable"] / all_blocks, "blocks": blocks, "rank": results["lora_r"],
         "train_time_s": results["train"]["train_time_s"], "selection_time_s": results["selection_time_s"],
         "final_loss": loss, "step": results["train"]["steps"], "fraction": 1.0, "final": True,
+        "num_blocks": results["num_blocks"],
     }
 
 

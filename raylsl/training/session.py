@@ -52,7 +52,8 @@ class PeriodicEval(Callback):
         values = {f"val_{k}": v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         metrics.update(values)
         self.checkpoints.report({**values, "step": state.step, "fraction": state.step / state.settings.steps,
-                                 "trainable_params": self.trainable, "final": False})
+                                 "trainable_params": self.trainable, "num_blocks": self.a.plan.num_blocks,
+                                 "final": False})
 
 
 def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0, world: int = 1,

@@ -128,3 +128,22 @@ def test_nsga2_evolves_within_a_short_sweep():
         generations[name] = [t.system_attrs["NSGAIISampler:generation"] for t in study.trials]
     assert generations["optuna"] == [0] * 24
     assert generations["default"][:4] == [0] * 4 and max(generations["default"]) >= 4
+
+
+def test_fractional_budgets_compare_as_block_counts_once_a_trial_reports_the_model(tmp_path, capsys):
+    """A space with no static selector gives the driver no block count: the searcher learns it
+    from the first trial's report and recomputes the signatures it has, in flight and finished."""
+    (tmp_path / "space.yaml").write_text("trials: 8\nparameters:\n  selector: {choices: [last]}\n"
+                                         "  n: {low: 0.5, high: 0.74}\n")  # on 4 blocks: always 2
+    search = ParetoOptunaSearch(space=load_space(tmp_path / "space.yaml"), metric=["val_acc", "trainable_params"],
+                                mode=["max", "min"], sampler=make_sampler("random", 0))
+    first, second = search.suggest("t0"), search.suggest("t1")
+    assert first["n"] != second["n"]  # different as sampled; both in flight before any report
+    search.on_trial_result("t0", {"val_acc": 0.5, "trainable_params": 10, "fraction": 0.5, "final": False,
+                                  "num_blocks": 4})
+    assert search.num_blocks == 4
+    assert search._signatures["t0"] == search._signatures["t1"] == run_signature(first, 4)
+    search.on_trial_complete("t0", {"val_acc": 0.6, "trainable_params": 10, "final": True, "num_blocks": 4})
+    assert list(search.finished) == [run_signature(second, 4)]
+    assert search.suggest("t2") == search.FINISHED  # every further n in [0.5, 0.74] is 2 of 4 blocks
+    assert "repeats finished trial t0" in capsys.readouterr().out
