@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from raylsl.sweep.scheduler import ParetoHalving, crowding, front_ranks, rung_fractions, survivors
+from raylsl.sweep.scheduler import ParetoHalving, crowding, front_ranks, rung_fractions, rung_points, survivors
 from raylsl.sweep.trial import eval_steps
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
@@ -56,6 +56,39 @@ def test_survivors_keep_the_front_and_the_best_1_over_eta():
     assert survivors(second, eta=2) == {"a", "d", "e"}  # eta=2 keeps ceil(6/2) = 3
 
 
+def test_a_tie_in_the_metric_is_ordered_by_validation_loss():
+    # three trials tie at 0.64; the smallest gap between distinct values is 0.06, so the group is
+    # spread by at most 0.06 / 4, lowest loss highest: 0.7 -> +0.015, 0.8 -> +0.0075, 0.9 -> +0
+    records = [(0.64, 100, 0.9), (0.64, 200, 0.7), (0.64, 300, 0.8), (0.70, 50, 1.0)]
+    np.testing.assert_allclose(rung_points(records), [[0.64, 100], [0.655, 200], [0.6475, 300], [0.70, 50]])
+    # a minimised metric is spread downwards; equal losses stay equal; a missing loss leaves the group tied
+    assert rung_points([(2.0, 1, 0.5), (2.0, 2, 0.4), (1.0, 3, 0.1)], ("min", "min"))[:, 0].tolist() == \
+        pytest.approx([2.0, 2.0 - 0.25, 1.0])  # gap 1.0: the lower loss moves down by a quarter
+    assert rung_points([(0.5, 1, 0.3), (0.5, 2, 0.3)])[:, 0].tolist() == [0.5, 0.5]
+    assert rung_points([(0.5, 1, 0.3), (0.5, 2, None), (0.5, 3)])[:, 0].tolist() == [0.5, 0.5, 0.5]
+
+
+def test_at_a_rung_where_every_trial_has_the_same_accuracy_the_loss_decides_with_the_parameters():
+    # every trial at the majority-class rate; more parameters, lower loss: nobody is dominated
+    tied = {f"t{i}": (0.64, 100 * (i + 1), 1.0 - i / 10) for i in range(6)}
+    assert survivors(tied, eta=3) == set(tied)
+    # without losses the fewest parameters dominate everyone: only the front and ceil(6/3) stay
+    assert survivors({k: v[:2] for k, v in tied.items()}, eta=3) == {"t0", "t1"}
+    # a trial with more parameters and a higher loss than another is dominated
+    worse = {**tied, "t6": (0.64, 250, 0.95)}  # t1 (200 parameters, loss 0.9) beats it on both
+    assert "t6" not in survivors(worse, eta=3)
+
+
+def test_the_stop_message_says_when_the_loss_broke_a_tie(tmp_path, capsys):
+    scheduler = ParetoHalving(eta=3, rungs=1, state_to=str(tmp_path))
+    for trial_id, params, loss in (("a", 100, 0.8), ("b", 200, 0.7)):
+        report = {**at(1 / 3, 0.64, params), "val_loss": loss}
+        assert scheduler.decide(trial_id, {"selector": "last"}, report) == CONTINUE
+    assert scheduler.decide("c", {"selector": "last"}, {**at(1 / 3, 0.64, 300), "val_loss": 0.9}) == STOP
+    assert "tied with 2 in val_acc, ordered by val_loss 0.900" in capsys.readouterr().out
+    assert ParetoHalving(metric="loss").tiebreak is None  # the loss is the metric: nothing to break ties with
+
+
 def test_a_dominated_trial_stops_at_its_rung_and_front_trials_and_the_baseline_never_do(tmp_path):
     scheduler = ParetoHalving(eta=3, rungs=2, baseline=BASELINE, state_to=str(tmp_path))
     configs = {"base": BASELINE, "t1": {"selector": "last", "n": 3, "lora.r": 4},
@@ -76,7 +109,7 @@ def test_a_dominated_trial_stops_at_its_rung_and_front_trials_and_the_baseline_n
     assert scheduler.decide("t9", configs["t2"], {"step": 5, "loss": 1.0}) == CONTINUE
     assert scheduler.decide("t9", configs["t2"], {**at(1.0, 0.0, 10 ** 6), "final": True}) == CONTINUE
     assert scheduler.decide("t3", configs["t3"], at(1 / 3, 0.0, 200)) == CONTINUE
-    assert scheduler.records[f"{1 / 3:.6g}"]["t3"] == (0.35, 200.0)
+    assert scheduler.records[f"{1 / 3:.6g}"]["t3"] == (0.35, 200.0, None)  # no val_loss reported
 
 
 def test_a_loss_minimising_sweep_stops_the_highest_loss(tmp_path):
