@@ -15,13 +15,16 @@ the hypervolume of the front of finished trials (over validation accuracy and -t
 parameters / all blocks at the highest rank, reference (0.5, -1.1), as ``sweep_pareto.py``): at the
 end, at the shortest sweep's wall time (equal wall-clock budget), and after the first K trials.
 Wall times come from Tune's timestamps, so a sweep that was interrupted and resumed counts the gap:
-compare it by K, not by time. Writes ``benchmarks/sweep_samplers.json``.
+compare it by K, not by time. It also measures how well each rung's evaluation (accuracy, loss)
+predicted the final validation accuracy of the trials that finished (``rung_signal``). Writes
+``benchmarks/sweep_samplers.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -72,6 +75,44 @@ def proposals_answered(run_dir: Path, trials: int) -> int:
     return len(optuna.load_study(study_name=name, storage=storage).trials) - trials
 
 
+def rung_signal(run_dirs: dict[str, Path], seed: int = 0) -> dict[str, dict]:
+    """How well each rung's evaluation predicted a finished trial's final validation accuracy, over
+    the distinct configurations that ran to the end in any of the sweeps: per rung step, the number
+    of distinct accuracies there, and Spearman's rho of the rung's accuracy and loss with the final
+    accuracy (with a 95% bootstrap interval over configurations). Read from Tune's ``result.json``."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    runs: dict[str, tuple[dict, float]] = {}
+    for run_dir in run_dirs.values():
+        for trial in sorted((run_dir / "tune").glob("run_trial_*")):
+            reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+            final = [r for r in reports if r.get("final")]
+            key = (trial / "params.json").read_text()
+            if final and key not in runs:
+                rungs = {r["step"]: r for r in reports if r.get("final") is False}
+                # the parameter count as a "rung" of its own: what a tie in accuracy leaves to decide
+                rungs["params"] = {"val_acc": final[-1]["trainable_params"], "val_loss": math.nan}
+                runs[key] = (rungs, final[-1]["val_acc"])
+    rng = np.random.default_rng(seed)
+    out = {}
+    steps = {step for rungs, _ in runs.values() for step in rungs}
+    for step in sorted(steps, key=lambda s: (s == "params", str(s).zfill(9))):
+        rows = [(rungs[step]["val_acc"], rungs[step]["val_loss"], acc) for rungs, acc in runs.values() if step in rungs]
+        table = np.array(rows, dtype=float)
+        entry = {"configurations": len(rows), "distinct_val_acc": len(np.unique(table[:, 0]))}
+        for column, name in ((0, "val_acc"), (1, "val_loss")) if step != "params" else ((0, "trainable_params"),):
+            rho = spearmanr(table[:, column], table[:, 2]).statistic
+            draws = [spearmanr(table[i, column], table[i, 2]).statistic
+                     for i in (rng.integers(0, len(rows), len(rows)) for _ in range(2000))]
+            draws = [d for d in draws if np.isfinite(d)]
+            entry[f"spearman_{name}"] = None if not np.isfinite(rho) else float(rho)
+            entry[f"spearman_{name}_95"] = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))] \
+                if draws else None
+        out["trainable_params" if step == "params" else f"step {step}"] = entry
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=40)
@@ -99,7 +140,7 @@ def main() -> None:
         r["hypervolume_after_k"] = hypervolume_after_k(report.trials, max_params, ks)
         r["proposals_answered_without_training"] = proposals_answered(d, r["trials"])
     results.update(equal_budget_s=budget, max_params=max_params, trials_requested=args.trials,
-                   eval_subset=args.eval_subset)
+                   eval_subset=args.eval_subset, rung_signal=rung_signal(run_dirs))
     OUT.write_text(json.dumps(results, indent=2))
     print(f"{'sampler':>8} {'trials':>6} {'finished':>8} {'stopped':>7} {'failed':>6} {'wall (min)':>10} "
           f"{'HV end':>7} {'HV @ ' + format(budget / 60, '.1f') + ' min':>12} "
@@ -110,7 +151,18 @@ def main() -> None:
               f"{r['wall_time_s'] / 60:>10.1f} {r['hypervolume_end']:>7.4f} {r['hypervolume_at_equal_budget']:>12.4f} "
               + " ".join(f"{r['hypervolume_after_k'][k]:>7.4f}" for k in ks)
               + f" {r['proposals_answered_without_training']:>7}" + ("" if r["complete"] else "  (incomplete)"))
+    print("rung -> final validation accuracy, over the distinct configurations that finished "
+          "(Spearman's rho, 95% bootstrap interval):")
+    for rung, r in results["rung_signal"].items():
+        names = [name for name in ("val_acc", "val_loss", "trainable_params") if f"spearman_{name}" in r]
+        print(f"  {rung}: {r['configurations']} configurations, {r['distinct_val_acc']} distinct values; "
+              + "; ".join(f"{name} {_rho(r, name)}" for name in names))
     print(f"wrote {OUT}")
+
+
+def _rho(entry: dict, name: str) -> str:
+    rho, interval = entry[f"spearman_{name}"], entry[f"spearman_{name}_95"]
+    return "undefined (constant)" if rho is None else f"{rho:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
 
 
 if __name__ == "__main__":
