@@ -113,6 +113,42 @@ def rung_signal(run_dirs: dict[str, Path], seed: int = 0) -> dict[str, dict]:
     return out
 
 
+def replay_first_rung(run_dir: Path) -> dict[str, int]:
+    """The first rung's decisions made again by today's `ParetoHalving` on the reports the sweep
+    recorded there, in trial order: how many trials it stops, against the sweep's own record (a
+    sweep run before a change to the scheduler shows what the change would have decided). The
+    replay without the loss tie-break must reproduce the record: that checks the replay."""
+    import io
+    import tempfile
+    from contextlib import redirect_stdout
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from raylsl.sweep.scheduler import ParetoHalving
+
+    settings = json.loads((run_dir / "sweep.json").read_text())
+    state = json.loads((run_dir / "scheduler.json").read_text())
+    first = min(state["records"], key=float)
+    trials = []
+    for trial in (run_dir / "tune").glob("run_trial_*"):
+        _, _, trial_id, number, *_ = trial.name.split("_")  # run_trial_<id>_<number>_...
+        reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+        report = next((r for r in reports if r.get("final") is False and r["fraction"] + 1e-9 >= float(first)), None)
+        trials.append((int(number), trial_id, json.loads((trial / "params.json").read_text()), report))
+
+    def replay(tiebreak: bool) -> set[str]:
+        with tempfile.TemporaryDirectory() as tmp, redirect_stdout(io.StringIO()):
+            scheduler = ParetoHalving(settings["eta"], settings["rungs"], settings.get("baseline"), tmp,
+                                      settings.get("metric", "acc"))
+            scheduler.tiebreak = scheduler.tiebreak if tiebreak else None
+            return {trial_id for _, trial_id, config, report in sorted(trials, key=lambda t: t[0])
+                    if report is not None and scheduler.decide(trial_id, config, report) == TrialScheduler.STOP}
+
+    recorded, replayed = {t for t, rung in state["stopped"].items() if rung == first}, replay(tiebreak=True)
+    return {"recorded": len(recorded), "replayed": len(replayed), "both": len(recorded & replayed),
+            "replay_without_loss_matches_record": replay(tiebreak=False) == recorded}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=40)
@@ -139,6 +175,7 @@ def main() -> None:
         r["hypervolume_at_equal_budget"] = hypervolume_at(report.trials, r.pop("ends"), budget, max_params)
         r["hypervolume_after_k"] = hypervolume_after_k(report.trials, max_params, ks)
         r["proposals_answered_without_training"] = proposals_answered(d, r["trials"])
+        r["first_rung_stops"] = replay_first_rung(d)
     results.update(equal_budget_s=budget, max_params=max_params, trials_requested=args.trials,
                    eval_subset=args.eval_subset, rung_signal=rung_signal(run_dirs))
     OUT.write_text(json.dumps(results, indent=2))
@@ -151,6 +188,9 @@ def main() -> None:
               f"{r['wall_time_s'] / 60:>10.1f} {r['hypervolume_end']:>7.4f} {r['hypervolume_at_equal_budget']:>12.4f} "
               + " ".join(f"{r['hypervolume_after_k'][k]:>7.4f}" for k in ks)
               + f" {r['proposals_answered_without_training']:>7}" + ("" if r["complete"] else "  (incomplete)"))
+    print("first rung's stops, recorded / replayed by today's scheduler / in both: "
+          + ", ".join(f"{s} {r['first_rung_stops']['recorded']} / {r['first_rung_stops']['replayed']} / "
+                      f"{r['first_rung_stops']['both']}" for s, r in ((s, results[s]) for s in run_dirs)))
     print("rung -> final validation accuracy, over the distinct configurations that finished "
           "(Spearman's rho, 95% bootstrap interval):")
     for rung, r in results["rung_signal"].items():
