@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs")
     parser.add_argument("--summarise", action="store_true", help="summarise the sweeps that exist; run nothing")
     parser.add_argument("--progress", action="store_true", help="print each trial's steps while it runs")
+    parser.add_argument("--json", default=str(OUT), help="where the table goes (default %(default)s)")
     args = parser.parse_args()
     space = yaml.safe_load(Path(args.space).read_text())
     samplers = args.samplers.split(",")
@@ -178,7 +179,7 @@ def main() -> None:
         r["first_rung_stops"] = replay_first_rung(d)
     results.update(equal_budget_s=budget, max_params=max_params, trials_requested=args.trials,
                    eval_subset=args.eval_subset, rung_signal=rung_signal(run_dirs))
-    OUT.write_text(json.dumps(results, indent=2))
+    Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"{'sampler':>8} {'trials':>6} {'finished':>8} {'stopped':>7} {'failed':>6} {'wall (min)':>10} "
           f"{'HV end':>7} {'HV @ ' + format(budget / 60, '.1f') + ' min':>12} "
           + " ".join(f"{'HV@' + str(k):>7}" for k in ks) + f" {'repeats':>7}")
@@ -197,7 +198,7 @@ def main() -> None:
         names = [name for name in ("val_acc", "val_loss", "trainable_params") if f"spearman_{name}" in r]
         print(f"  {rung}: {r['configurations']} configurations, {r['distinct_val_acc']} distinct values; "
               + "; ".join(f"{name} {_rho(r, name)}" for name in names))
-    print(f"wrote {OUT}")
+    print(f"wrote {args.json}")
 
 
 def _rho(entry: dict, name: str) -> str:
