@@ -101,12 +101,16 @@ class ParetoOptunaSearch(OptunaSearch):
         self.pruned: dict[str, str] = {}
         """Run signature -> id of the trial the scheduler stopped early with it."""
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A searcher pickled by an older raylsl (a resumed sweep's) lacks what was added since."""
+        self.__dict__.update({"num_blocks": None, "configs": {}, **state})
+
     def suggest(self, trial_id: str) -> dict | str | None:
         for _ in range(MAX_REPEATS):
             config = super().suggest(trial_id)
             if not isinstance(config, dict):
                 return config
-            signature = run_signature(config, getattr(self, "num_blocks", None))  # None: pickled before it existed
+            signature = run_signature(config, self.num_blocks)
             done = self.finished.get(signature)
             if signature in self.pruned:  # the scheduler already judged it: pruned again
                 self._ot_study.tell(self._ot_trials.pop(trial_id), state=optuna.trial.TrialState.PRUNED)
@@ -136,14 +140,13 @@ class ParetoOptunaSearch(OptunaSearch):
         """Takes the model's block count from a trial's report, if the searcher did not know it, and
         recomputes the signatures of the trials so far, so that fractional budgets sampled before
         compare as block counts too (a trial from a pickle older than ``configs`` keeps its own)."""
-        if not num_blocks or getattr(self, "num_blocks", None):
+        if not num_blocks or self.num_blocks:
             return
         self.num_blocks = int(num_blocks)
-        configs = getattr(self, "configs", {})
-        self.configs = configs
 
         def resign(signature: str, trial_id: str) -> str:
-            return run_signature(configs[trial_id], self.num_blocks) if trial_id in configs else signature
+            config = self.configs.get(trial_id)
+            return signature if config is None else run_signature(config, self.num_blocks)
 
         self.finished = {resign(s, done["trial_id"]): done for s, done in self.finished.items()}
         self.pruned = {resign(s, trial_id): trial_id for s, trial_id in self.pruned.items()}

@@ -147,3 +147,18 @@ def test_fractional_budgets_compare_as_block_counts_once_a_trial_reports_the_mod
     assert list(search.finished) == [run_signature(second, 4)]
     assert search.suggest("t2") == search.FINISHED  # every further n in [0.5, 0.74] is 2 of 4 blocks
     assert "repeats finished trial t0" in capsys.readouterr().out
+
+
+def test_a_searcher_pickled_before_num_blocks_and_configs_existed_still_suggests(tmp_path):
+    """Tune unpickles a resumed sweep's searcher without calling __init__: attributes added to the
+    class since the sweep started must get their defaults, not raise AttributeError in suggest."""
+    import pickle
+
+    search = _searcher(tmp_path)
+    search.suggest("t0")
+    del search.num_blocks, search.configs  # as an older raylsl pickled it
+    old = pickle.loads(pickle.dumps(search))
+    assert old.num_blocks is None and old.configs == {}
+    assert isinstance(old.suggest("t1"), dict) and "t1" in old.configs
+    old.learn_num_blocks(4)  # t0's configuration is unknown to it: its signature is kept as it was
+    assert old.num_blocks == 4 and set(old._signatures) == {"t0", "t1"}
