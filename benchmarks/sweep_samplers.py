@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import yaml
@@ -75,41 +74,51 @@ def proposals_answered(run_dir: Path, trials: int) -> int:
     return len(optuna.load_study(study_name=name, storage=storage).trials) - trials
 
 
+def _reports(trial: Path) -> list[dict]:
+    """A Tune trial's reports, from its ``result.json`` (one JSON object a line)."""
+    return [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+
+
+def _spearman(name: str, x, y, rng) -> dict:
+    """Spearman's rho of ``x`` with ``y`` and its 95% bootstrap interval (None where undefined)."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(x, y).statistic
+    draws = [spearmanr(x[i], y[i]).statistic for i in (rng.integers(0, len(x), len(x)) for _ in range(2000))]
+    draws = [d for d in draws if np.isfinite(d)]
+    return {f"spearman_{name}": None if not np.isfinite(rho) else float(rho),
+            f"spearman_{name}_95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+            if draws else None}
+
+
 def rung_signal(run_dirs: dict[str, Path], seed: int = 0) -> dict[str, dict]:
     """How well each rung's evaluation predicted a finished trial's final validation accuracy, over
     the distinct configurations that ran to the end in any of the sweeps: per rung step, the number
     of distinct accuracies there, and Spearman's rho of the rung's accuracy and loss with the final
-    accuracy (with a 95% bootstrap interval over configurations). Read from Tune's ``result.json``."""
+    accuracy (with a 95% bootstrap interval over configurations); then the same for the trainable
+    parameters, which is what decides a rung where the accuracy ties. Read from Tune's ``result.json``."""
     import numpy as np
-    from scipy.stats import spearmanr
 
-    runs: dict[str, tuple[dict, float]] = {}
+    runs: dict[str, tuple[dict, dict]] = {}  # params.json -> (its rung reports by step, its final report)
     for run_dir in run_dirs.values():
         for trial in sorted((run_dir / "tune").glob("run_trial_*")):
-            reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+            reports = _reports(trial)
             final = [r for r in reports if r.get("final")]
             key = (trial / "params.json").read_text()
             if final and key not in runs:
-                rungs = {r["step"]: r for r in reports if r.get("final") is False}
-                # the parameter count as a "rung" of its own: what a tie in accuracy leaves to decide
-                rungs["params"] = {"val_acc": final[-1]["trainable_params"], "val_loss": math.nan}
-                runs[key] = (rungs, final[-1]["val_acc"])
+                runs[key] = ({r["step"]: r for r in reports if r.get("final") is False}, final[-1])
     rng = np.random.default_rng(seed)
     out = {}
-    steps = {step for rungs, _ in runs.values() for step in rungs}
-    for step in sorted(steps, key=lambda s: (s == "params", str(s).zfill(9))):
-        rows = [(rungs[step]["val_acc"], rungs[step]["val_loss"], acc) for rungs, acc in runs.values() if step in rungs]
-        table = np.array(rows, dtype=float)
-        entry = {"configurations": len(rows), "distinct_val_acc": len(np.unique(table[:, 0]))}
-        for column, name in ((0, "val_acc"), (1, "val_loss")) if step != "params" else ((0, "trainable_params"),):
-            rho = spearmanr(table[:, column], table[:, 2]).statistic
-            draws = [spearmanr(table[i, column], table[i, 2]).statistic
-                     for i in (rng.integers(0, len(rows), len(rows)) for _ in range(2000))]
-            draws = [d for d in draws if np.isfinite(d)]
-            entry[f"spearman_{name}"] = None if not np.isfinite(rho) else float(rho)
-            entry[f"spearman_{name}_95"] = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))] \
-                if draws else None
-        out["trainable_params" if step == "params" else f"step {step}"] = entry
+    for step in sorted({step for rungs, _ in runs.values() for step in rungs}):
+        table = np.array([(rungs[step]["val_acc"], rungs[step]["val_loss"], final["val_acc"])
+                          for rungs, final in runs.values() if step in rungs], dtype=float)
+        out[f"step {step}"] = {"configurations": len(table), "distinct_val_acc": len(np.unique(table[:, 0])),
+                               **_spearman("val_acc", table[:, 0], table[:, 2], rng),
+                               **_spearman("val_loss", table[:, 1], table[:, 2], rng)}
+    table = np.array([(final["trainable_params"], final["val_acc"]) for _, final in runs.values()], dtype=float)
+    out["trainable_params"] = {"configurations": len(table), "distinct_val_acc": len(np.unique(table[:, 0])),
+                               **_spearman("trainable_params", table[:, 0], table[:, 1], rng)}
     return out
 
 
@@ -132,8 +141,7 @@ def replay_first_rung(run_dir: Path) -> dict[str, int]:
     trials = []
     for trial in (run_dir / "tune").glob("run_trial_*"):
         _, _, trial_id, number, *_ = trial.name.split("_")  # run_trial_<id>_<number>_...
-        reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
-        report = next((r for r in reports if r.get("final") is False and r["fraction"] + 1e-9 >= float(first)), None)
+        report = next((r for r in _reports(trial) if r.get("final") is False and r["fraction"] + 1e-9 >= float(first)), None)
         trials.append((int(number), trial_id, json.loads((trial / "params.json").read_text()), report))
 
     def replay(tiebreak: bool) -> set[str]:
