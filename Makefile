@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,datasets,distributed,sweep,tracking,math]"
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,datasets,distributed,sweep,tracking,math,qlora]"
 	touch $@
 
 demo: install

@@ -44,7 +44,7 @@ def stderr(p: float, n: int) -> float:
 def throughput(config, prompts: int = 48) -> dict:
     """New tokens per second of greedy decoding: batched (the evaluation's batch size) vs one prompt
     at a time, on the first test prompts, base model."""
-    spec = resolve_model(config.model)
+    spec = resolve_model(config.model.name)
     model, tokenizer = spec.load()
     model.eval()
     task = load_task(config.task, config.data)

@@ -1,9 +1,10 @@
 """Plan -> a model ready to train: the one place where a single-process run and a Ray Train
 worker put LoRA on the plan's blocks and build the objective and a dynamic selector's callback.
 
-What depends on the machine is decided here, by the process that trains: the device it was given
-and the precision of the frozen base (bf16 on a GPU under ``precision=auto|bf16``, so the base is
-not kept in fp32 and re-cast by autocast on every forward; fp32 elsewhere).
+What depends on the machine is decided here, by the process that trains: the device it was given,
+and from it the dtype, quantization and attention kernel the base is loaded with
+(`raylsl.models.loading`: bf16 on a GPU under ``model.dtype=auto``, straight from the checkpoint,
+never an fp32 copy cast afterwards).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import torch
 from torch import nn
 
 from raylsl.callbacks import Callback
-from raylsl.config import TrainSettings
 from raylsl.lora import apply_lora
 from raylsl.models import find_blocks
 from raylsl.objective import Objective, run_objective
-from raylsl.plan import Plan
+from raylsl.plan import Plan, load_base
 from raylsl.selectors import TrainingContext, build_selector
 
 
@@ -35,11 +35,6 @@ class Assembled:
     device: torch.device
 
 
-def base_dtype(settings: TrainSettings, device: torch.device) -> torch.dtype:
-    """The frozen base model's dtype: bf16 on GPU under precision auto or bf16, else fp32."""
-    return torch.bfloat16 if device.type == "cuda" and settings.precision in ("auto", "bf16") else torch.float32
-
-
 def seed_everything(seed: int) -> None:
     import random
 
@@ -48,11 +43,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def partitioned(model: nn.Module) -> bool:
-    """True when DeepSpeed ZeRO-3 built the model partitioned across ranks."""
-    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def assemble(plan: Plan, device: torch.device, loaded: tuple[nn.Module, Any] | None = None) -> Assembled:
@@ -64,9 +54,7 @@ def assemble(plan: Plan, device: torch.device, loaded: tuple[nn.Module, Any] | N
             a worker under ZeRO-3's partitioned init); else the plan's model source is loaded.
     """
     config = plan.config
-    model, tokenizer = loaded or plan.model.spec().load()
-    if not partitioned(model):
-        model.to(device=device, dtype=base_dtype(config.train, device))
+    model, tokenizer = loaded or load_base(plan.model.spec(plan.kind), config, device)
     seed_everything(config.train.seed)
     blocks = find_blocks(model, plan.blocks_path)[1]
     peft_model = apply_lora(model, list(plan.layers), config.lora, plan.blocks_path, blocks, plan.kind)

@@ -19,6 +19,47 @@ from raylsl.errors import ConfigError
 
 TRACKERS = ("none", "tensorboard", "mlflow")
 TASK_FORMATS = ("auto", "mc", "completion", "alpaca", "chat", "text")
+MODEL_DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZATIONS = ("none", "4bit", "8bit")
+ATTENTION_KERNELS = ("auto", "sdpa", "flash_attention_2", "eager")
+MODEL_KINDS = ("auto", "decoder", "encoder")
+MODEL_WEIGHTS = ("pretrained", "random")
+CHECKPOINTING = ("off", "on", "auto")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = "smollm2-135m"
+    """A named model (smollm2-135m, minilm-l6, tiny-llama, tiny-bert, or a shipped config such as
+    llama-3.1-8b), a local directory or a hub name. A plain string is shorthand for model.name; a
+    string override (``model=X``) changes the name and keeps the other model keys."""
+    dtype: str = "auto"
+    """Dtype the frozen base is loaded in (passed to ``from_pretrained``, never cast afterwards):
+    auto (bfloat16 on a GPU that supports it unless train.precision=fp32, else float32), bfloat16,
+    float16 or float32."""
+    quantization: str = "none"
+    """none, 4bit (QLoRA: NF4, double quantization, compute in the training dtype) or 8bit (LLM.int8),
+    through bitsandbytes (``pip install 'raylsl[qlora]'``)."""
+    attn_implementation: str = "auto"
+    """Attention kernel: auto (flash_attention_2 when installed and usable here, else the model's
+    default, sdpa where it has one), sdpa, flash_attention_2 or eager."""
+    kind: str = "auto"
+    """auto (from the model's config), decoder (causal LM) or encoder (multiple-choice head)."""
+    weights: str = "pretrained"
+    """pretrained, or random: the architecture from the model's config with seeded random weights
+    (measures a model's cost without its weights; accuracies are then meaningless)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name", self.name, "must name a model")
+        _check(self.dtype in MODEL_DTYPES, "model.dtype", self.dtype, f"must be one of {', '.join(MODEL_DTYPES)}")
+        _check(self.quantization in QUANTIZATIONS, "model.quantization", self.quantization,
+               f"must be one of {', '.join(QUANTIZATIONS)}")
+        _check(self.attn_implementation in ATTENTION_KERNELS, "model.attn_implementation", self.attn_implementation,
+               f"must be one of {', '.join(ATTENTION_KERNELS)}")
+        _check(self.kind in MODEL_KINDS, "model.kind", self.kind, f"must be one of {', '.join(MODEL_KINDS)}")
+        _check(self.weights in MODEL_WEIGHTS, "model.weights", self.weights, f"must be one of {', '.join(MODEL_WEIGHTS)}")
+        _check(self.quantization == "none" or self.dtype != "float32", "model.quantization", self.quantization,
+               "computes in bfloat16 or float16: set model.dtype=bfloat16 (or auto on a GPU)")
 
 
 @dataclass(frozen=True)
@@ -129,6 +170,13 @@ class TrainSettings:
     eval_subset: int = 0
     """Examples in each evaluation during training: the first N of the validation split, the same
     for every run (0: all of it)."""
+    activation_checkpointing: str = "off"
+    """Recompute block activations in backward instead of keeping them: off, on (every block from
+    the lowest one that can train up; blocks below it keep nothing anyway), or auto (on when the fit
+    check says the run does not fit without it)."""
+    loss_chunk: int = 0
+    """Target positions per chunk of the LM head and loss (each chunk's logits are recomputed in
+    backward, so peak memory no longer grows with vocabulary x target tokens); 0: all at once."""
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, "train.steps", self.steps, "must be > 0")
@@ -143,6 +191,9 @@ class TrainSettings:
                "must be auto, fp32 or bf16")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every,
                "must be >= 0")
+        _check(self.activation_checkpointing in CHECKPOINTING, "train.activation_checkpointing",
+               self.activation_checkpointing, f"must be one of {', '.join(CHECKPOINTING)}")
+        _check(self.loss_chunk >= 0, "train.loss_chunk", self.loss_chunk, "must be >= 0 (0: no chunking)")
 
 
 @dataclass(frozen=True)
@@ -161,8 +212,8 @@ class CalibrationSettings:
 
 @dataclass(frozen=True)
 class RunConfig:
-    model: str = "smollm2-135m"
-    """Model name (smollm2-135m, minilm-l6, tiny-llama, tiny-bert), a local directory or a hub name."""
+    model: ModelSettings = field(default_factory=ModelSettings)
+    """The base model and how it is loaded; a plain string is shorthand for model.name."""
     task: TaskSettings = field(default_factory=TaskSettings)
     """The task; a plain string is shorthand for task.name."""
     layers: str = "all"
@@ -196,6 +247,12 @@ class RunConfig:
     """CPUs each Ray Train worker asks for."""
     worker_resources: dict[str, float] = field(default_factory=dict)
     """Extra Ray resources each worker asks for (custom node labels, e.g. {accelerator_type:A10G: 0.01})."""
+    gpu_memory: str | None = None
+    """Memory of each GPU the run trains on (80GB, 24GiB), for the fit check; None: the local GPU's
+    when this process trains, else every Ray worker checks against its own GPU before loading."""
+    fit_check: bool = True
+    """Estimate the run's memory before anything loads (`raylsl estimate` prints the estimate) and
+    refuse a run that cannot fit, naming the cheapest change that makes it fit; false skips it."""
     storage: str | None = None
     """Where the run lives durably: a local path, an NFS mount, s3://bucket/prefix or gs://bucket/prefix.
     None keeps it in output_dir. Ray workers on other nodes write to and read from it."""
@@ -227,6 +284,8 @@ class RunConfig:
         _check(self.gpus_per_worker == "auto" or (not isinstance(self.gpus_per_worker, str) and self.gpus_per_worker >= 0),
                "gpus_per_worker", self.gpus_per_worker, "must be auto or a number >= 0")
         _check(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "must be > 0")
+        if self.gpu_memory is not None:
+            parse_memory(self.gpu_memory, "gpu_memory")
         for key, amount in self.worker_resources.items():
             _check(isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0,
                    f"worker_resources.{key}", amount, "must be a number > 0")
@@ -335,8 +394,8 @@ def from_dict(cls: type, raw: dict[str, Any], source: str = "config", prefix: st
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
-        if isinstance(value, str) and hint is TaskSettings:
-            return TaskSettings(name=value)
+        if isinstance(value, str) and hint in SHORTHAND.values():
+            return hint(name=value)
         if not isinstance(value, dict):
             raise ConfigError(f"'{key}' in {source} must be a mapping, got {value!r}")
         return from_dict(hint, value, source, prefix=key + ".")
@@ -403,7 +462,7 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node = raw
     for part in parents:
         child = node.get(part)
-        if isinstance(child, str) and part == "task":
+        if isinstance(child, str) and part in SHORTHAND:
             child = {"name": child}
         if child is None:
             child = {}
@@ -411,7 +470,30 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"cannot set '{key}': '{part}' is not a section")
         node[part] = child
         node = child
+    if leaf == "model" and not parents and isinstance(value, str) and isinstance(node.get(leaf), dict):
+        value = {**node[leaf], "name": value}  # another model, loaded the same way
     node[leaf] = value
+
+
+def parse_memory(text: str | float, key: str = "gpu_memory") -> int:
+    """Bytes in a memory size: ``80GB``, ``80 GiB``, ``24000MB``, or a plain number of GB.
+
+    Raises:
+        ConfigError: naming ``key`` when the text is not a positive size.
+    """
+    import re
+
+    units = {"": 10**9, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+             "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = found[2].lower() if found else ""
+    if found is None or unit not in units or float(found[1]) <= 0:
+        raise ConfigError(f"{key}={text!r} is not a memory size; write it like 80GB, 24GiB or 16000MB")
+    return int(float(found[1]) * units[unit])
+
+
+SHORTHAND = {"task": TaskSettings, "model": ModelSettings}
+"""Sections a plain string stands for: the string is the section's ``name``."""
 
 
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:

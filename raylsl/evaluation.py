@@ -27,7 +27,6 @@ def evaluate_adapter(config, adapter: Storage | None, layers: list[int] | None, 
         # A run's blocks are already chosen (its adapter holds them): no second selection.
         plan, (model, tokenizer) = build_plan(config, name="eval", storage="", layers=layers or [], keep_model=True,
                                               examples=examples)
-        model.to(local_device())
         if local is not None:
             from peft import PeftModel
 
@@ -41,5 +40,5 @@ def evaluate_adapter(config, adapter: Storage | None, layers: list[int] | None, 
         if samples:
             metrics["samples"] = objective.samples(a.model, getattr(plan.task, split)[:samples],
                                                    config.train.eval_batch_size)
-    return {"model": config.model, "task": config.task.name, "adapter": adapter.uri if adapter else None,
+    return {"model": config.model.name, "task": config.task.name, "adapter": adapter.uri if adapter else None,
             "split": split, **metrics}

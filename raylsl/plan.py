@@ -24,6 +24,7 @@ from raylsl.data import TaskSplits, load_task, split_examples
 from raylsl.errors import ConfigError
 from raylsl.lora import parse_layers
 from raylsl.models import ModelSpec, find_blocks, resolve_model, shipped_directory
+from raylsl.models.loading import load_options
 from raylsl.selectors import (Budget, LayerScores, Selection, build_selector, check_budget, run_selector,
                               select_blocks)
 
@@ -77,12 +78,12 @@ class ModelSource:
     """A Ray object reference to ``{relative path: bytes}``, or None."""
     digest: str | None = None
 
-    def spec(self) -> ModelSpec:
+    def spec(self, kind: str = "auto") -> ModelSpec:
         if self.files is None:
-            return resolve_model(self.name)
+            return resolve_model(self.name, kind)
         import ray
 
-        return resolve_model(str(shipped_directory(self.digest, ray.get(self.files))))
+        return resolve_model(str(shipped_directory(self.digest, ray.get(self.files))), kind)
 
     def shipped(self) -> "ModelSource":
         """This source, with a local model directory's files put into Ray's object store (call it
@@ -129,7 +130,7 @@ def score_key(config: RunConfig) -> str:
     """What a static selector's scores depend on, from the config alone (never the budget): a
     sweep scores each distinct key once and hands the scores to its trials by this key."""
     selector = build_selector(config.selector, config.selector_options.get(config.selector))
-    parts = {"model": config.model, "blocks_path": config.blocks_path, "task": asdict(config.task),
+    parts = {"model": asdict(config.model), "blocks_path": config.blocks_path, "task": asdict(config.task),
              "data": asdict(config.data), "calibration": asdict(config.calibration),
              "targets": config.lora.target_modules, "selector": config.selector, "options": asdict(selector.config),
              **selector.config_key(config)}
@@ -158,12 +159,12 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
         RaylslError: bad input (model, task, selector, budget, DeepSpeed spec).
     """
     check_config(config)
-    spec = resolve_model(config.model)
+    spec = resolve_model(config.model.name, config.model.kind)
     task = split_examples(config.task.name, examples, config.data) if examples is not None else load_task(config.task, config.data)
     selector = build_selector(config.selector, config.selector_options.get(config.selector)) if config.selector else None
     known = (scores or {}).get(score_key(config)) if selector is not None and selector.needs_data else None
     needs_model = keep_model or (layers is None and selector is not None and selector.needs_data and known is None)
-    loaded = spec.load() if needs_model else None
+    loaded = load_base(spec, config, local_device()) if needs_model else None
     blocks_path, blocks = find_blocks(loaded[0] if loaded else spec.skeleton(), config.blocks_path)
     num_blocks = len(blocks)
     selection = None
@@ -176,7 +177,7 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
         selection = _select(config, selector, spec.kind, loaded, blocks, blocks_path, task)
         layers = selection.layers
     del blocks
-    plan = Plan(config, name, storage, ModelSource(config.model), spec.kind, blocks_path, num_blocks, tuple(layers),
+    plan = Plan(config, name, storage, ModelSource(config.model.name), spec.kind, blocks_path, num_blocks, tuple(layers),
                 task, deepspeed_config(config.deepspeed) if config.deepspeed else None, selection)
     if loaded is not None and not keep_model:
         del loaded
@@ -193,12 +194,18 @@ def _select(config: RunConfig, selector, kind: str, loaded, blocks, blocks_path:
     from raylsl.objective import run_objective
 
     model, tokenizer = loaded
-    model.to(local_device())
     objective = run_objective(kind, tokenizer, config, task.generative)
     return select_blocks(model, blocks, objective, task.train, selector,
                          budget, config.calibration, config.lora.target_modules, config.data.max_length,
                          validation=task.validation, blocks_path=blocks_path, lora=config.lora,
                          train_settings=config.train)
+
+
+def load_base(spec: ModelSpec, config: RunConfig, device: torch.device,
+              sharded: bool = False) -> tuple[torch.nn.Module, Any]:
+    """``(model, tokenizer)`` loaded as the run's ``model.*`` settings say, decided for ``device``
+    (the dtype, quantization and kernel this process can run), on ``device``."""
+    return spec.load(load_options(config.model, device, config.train.precision, sharded))
 
 
 def local_device() -> torch.device:

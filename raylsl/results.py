@@ -23,7 +23,7 @@ def run_results(plan: Plan, outcome: dict[str, Any], wall_time_s: float, run_dir
     and what the run cost."""
     config = plan.config
     return {
-        "model": config.model, "task": config.task.name, "layers": list(plan.layers),
+        "model": config.model.name, "task": config.task.name, "layers": list(plan.layers),
         "adapted_blocks": outcome["adapted_blocks"], "num_blocks": plan.num_blocks, "lora_r": config.lora.r,
         "params": outcome["params"], "before": outcome["before"], "after": outcome["after"],
         "after_per_example": outcome.get("after_per_example"), "eval_split": config.eval_split,

@@ -21,7 +21,7 @@ def test_there_are_configs():
 
 def test_defaults_are_the_offline_demo():
     config = load_config()
-    assert (config.model, config.task.name, config.layers) == ("smollm2-135m", "sarcasm", "all")
+    assert (config.model.name, config.task.name, config.layers) == ("smollm2-135m", "sarcasm", "all")
 
 
 def test_overrides_parse_types_and_nest(tmp_path):

@@ -102,7 +102,7 @@ def test_smollm2_chat_rows_render_with_its_chatml_template_and_solve_some_arithm
 
     config = load_config(None, {"task.name": "arithmetic", "task.max_new_tokens": 40, "data.test_size": 100,
                                 "data.max_length": 96})
-    spec = resolve_model(config.model)
+    spec = resolve_model(config.model.name)
     model, tokenizer = spec.load()
     objective = run_objective(spec.kind, tokenizer, config, True)
     example = load_task(config.task, config.data).test[0]

