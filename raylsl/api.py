@@ -1,4 +1,4 @@
-"""The Python entry points: `select_layers` (and, re-exported, `load_config`, `train`)."""
+"""The Python entry points: `select_layers`, `estimate`."""
 
 from __future__ import annotations
 
@@ -57,3 +57,23 @@ def select_layers(model: str | nn.Module, data: str | TaskSplits | list[MCExampl
     return select_blocks(model, blocks, objective, train, chosen, budget,
                          CalibrationSettings(calibration_size, calibration_seed, batch_size),
                          target_modules, max_length, use_cache, validation=validation, blocks_path=path)
+
+
+def estimate(config: str | dict | None = None, overrides: list[str] | dict | None = None, *, gpus: int | None = None,
+             gpu_memory: str | None = None, target_tokens: int | None = None):
+    """What a run needs per GPU (or of this machine), from the model's config alone: what
+    ``raylsl estimate`` prints, as a `raylsl.fit.Estimate` (``.fits``, ``.configured.terms``,
+    ``.options``, ``.suggestion``, ``.to_dict()``).
+
+    Args:
+        config: a YAML path, a dict of dotted keys (``{"model": "llama-3.1-8b"}``), or None.
+        overrides: ``key=value`` strings or a dict, applied on top.
+        gpus, gpu_memory: data-parallel GPUs and each one's memory (``"80GB"``).
+    """
+    from raylsl.config import parse_overrides
+    from raylsl.plan import load_run_config
+    from raylsl.recipes.estimate import estimate_run
+
+    if isinstance(config, dict):
+        config, overrides = None, {**config, **parse_overrides(overrides)}
+    return estimate_run(load_run_config(config, overrides), gpus, gpu_memory, target_tokens)

@@ -1,4 +1,4 @@
-"""Command line: ``raylsl train``, ``select``, ``eval``, ``sweep`` and ``report``.
+"""Command line: ``raylsl train``, ``select``, ``estimate``, ``eval``, ``sweep`` and ``report``.
 
 Each command maps to a plain function in `raylsl.recipes`. Positional arguments are an optional
 YAML config (or run directory) followed by ``key=value`` overrides (``lora.r=16 layers=15-29``).
@@ -54,6 +54,16 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from raylsl.plan import load_run_config
+    from raylsl.recipes import estimate as recipe
+
+    source, overrides = _split_positionals(args.items)
+    found = recipe.estimate_run(load_run_config(source, overrides), args.gpus, args.gpu_memory, args.target_tokens)
+    print(json.dumps(found.to_dict(), indent=2) if args.json else recipe.table(found))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from raylsl.recipes.evaluate import evaluate_target
 
@@ -102,14 +112,18 @@ def _sweep_module():
 
 
 def _print_report(report) -> None:
+    from raylsl.report import INFEASIBLE, STOPPED
+
     trials = report.trials
-    failed = trials[~trials["status"].isin(["TERMINATED", "STOPPED_EARLY"])]
-    stopped = int((trials["status"] == "STOPPED_EARLY").sum())
+    failed = trials[~trials["status"].isin(["TERMINATED", STOPPED, INFEASIBLE])]
+    stopped = int((trials["status"] == STOPPED).sum())
+    infeasible = trials[trials["status"] == INFEASIBLE]
     print(report.recommend()["text"] + "\n")
     print(report.front_table())
     print(f"{len(trials)} trials, {len(failed)} failed or unfinished" + (f", {stopped} stopped early" if stopped else "")
+          + (f", {len(infeasible)} cannot fit (not run)" if len(infeasible) else "")
           + f"; front: {len(report.pareto_front())} trials")
-    for row in failed.itertuples():
+    for row in (*failed.itertuples(), *infeasible.itertuples()):
         print(f"  {row.trial_id} {row.status}: {row.error}")
     print(f"report: {report.run_dir / 'pareto.md'}, {report.run_dir / 'pareto.csv'}, {report.run_dir / 'pareto.png'}")
     if not report.complete:
@@ -138,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--selector", help="selector name (same as selector=...)")
     select.add_argument("--n", help="block count (15) or fraction (0.5) (same as n=...)")
     select.set_defaults(func=cmd_select)
+
+    estimate = sub.add_parser("estimate", help="memory a run needs per GPU, from the model's config alone (no "
+                                               "weights, offline): every ZeRO stage, 4-bit, checkpointing")
+    estimate.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [KEY=VALUE ...]",
+                          help="the run's config and overrides, as for train (model=llama-3.1-8b data.max_length=2048)")
+    estimate.add_argument("--gpus", type=int, help="data-parallel GPUs (ZeRO partitions over them; default: workers)")
+    estimate.add_argument("--gpu-memory", help="memory of each GPU, e.g. 80GB (default: gpu_memory=, else this "
+                                               "machine's GPU, else its available memory)")
+    estimate.add_argument("--target-tokens", type=int, help="positions per sequence the LM head and loss run on "
+                                                            "(default: all for generative tasks, 8 for multiple choice)")
+    estimate.add_argument("--json", action="store_true", help="the same as JSON (every term in bytes)")
+    estimate.set_defaults(func=cmd_estimate)
 
     evaluate = sub.add_parser("eval", help="test accuracy of a run's adapter or of a base model")
     evaluate.add_argument("items", nargs="*", metavar="[RUN_DIR|CONFIG.yaml] [KEY=VALUE ...]")

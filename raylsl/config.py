@@ -7,6 +7,7 @@ Every field is documented where it is declared. Unknown keys and out-of-range va
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -432,6 +433,8 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             return float(value)  # YAML reads 2e-4 (no dot) as a string
         except ValueError:
             pass
+    if hint is str and isinstance(value, bool) and key in ON_OFF:
+        return "on" if value else "off"  # YAML reads a bare on/off as a boolean
     if hint is str and isinstance(value, (int, list)) and not isinstance(value, bool):
         # `layers: 5` or `layers: [0, 3]` in YAML mean the same as the string forms.
         return ",".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -492,8 +495,30 @@ def parse_memory(text: str | float, key: str = "gpu_memory") -> int:
     return int(float(found[1]) * units[unit])
 
 
+DEEPSPEED_PRESETS = {f"zero{stage}": {"zero_optimization": {"stage": stage}} for stage in range(4)}
+
+
+def deepspeed_config(spec: str) -> dict[str, Any]:
+    """The DeepSpeed config for a preset name (zero0-3) or a JSON file path, read here.
+
+    Raises:
+        ConfigError: neither a preset nor a readable JSON file.
+    """
+    if spec in DEEPSPEED_PRESETS:
+        return json.loads(json.dumps(DEEPSPEED_PRESETS[spec]))
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"deepspeed={spec!r}: use one of {', '.join(DEEPSPEED_PRESETS)} or a path to a DeepSpeed JSON config")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"deepspeed config {path} is not valid JSON: {exc}") from None
+
+
 SHORTHAND = {"task": TaskSettings, "model": ModelSettings}
 """Sections a plain string stands for: the string is the section's ``name``."""
+ON_OFF = {"train.activation_checkpointing"}
+"""Keys whose values include on and off (which YAML reads as booleans)."""
 
 
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:

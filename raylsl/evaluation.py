@@ -26,7 +26,7 @@ def evaluate_adapter(config, adapter: Storage | None, layers: list[int] | None, 
         local = None if adapter is None else adapter.local or adapter.download("", Path(tmp) / "adapter")
         # A run's blocks are already chosen (its adapter holds them): no second selection.
         plan, (model, tokenizer) = build_plan(config, name="eval", storage="", layers=layers or [], keep_model=True,
-                                              examples=examples)
+                                              examples=examples, fit=False)
         if local is not None:
             from peft import PeftModel
 

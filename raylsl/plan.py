@@ -19,34 +19,14 @@ from typing import Any
 
 import torch
 
-from raylsl.config import RunConfig, load_config
+from raylsl.config import RunConfig, deepspeed_config, load_config
 from raylsl.data import TaskSplits, load_task, split_examples
-from raylsl.errors import ConfigError
+from raylsl.fit import DoesNotFit, check_fit, target_device
 from raylsl.lora import parse_layers
 from raylsl.models import ModelSpec, find_blocks, resolve_model, shipped_directory
 from raylsl.models.loading import load_options
 from raylsl.selectors import (Budget, LayerScores, Selection, build_selector, check_budget, run_selector,
                               select_blocks)
-
-DEEPSPEED_PRESETS = {f"zero{stage}": {"zero_optimization": {"stage": stage}} for stage in range(4)}
-
-
-def deepspeed_config(spec: str) -> dict[str, Any]:
-    """The DeepSpeed config for a preset name (zero0-3) or a JSON file path, read here.
-
-    Raises:
-        ConfigError: neither a preset nor a readable JSON file.
-    """
-    if spec in DEEPSPEED_PRESETS:
-        return json.loads(json.dumps(DEEPSPEED_PRESETS[spec]))
-    path = Path(spec)
-    if not path.is_file():
-        raise ConfigError(f"deepspeed={spec!r}: use one of {', '.join(DEEPSPEED_PRESETS)} or a path to a DeepSpeed JSON config")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"deepspeed config {path} is not valid JSON: {exc}") from None
-
 
 def check_config(config: RunConfig) -> None:
     """The checks a config cannot make on its own fields: selector options and budget, DeepSpeed."""
@@ -120,6 +100,10 @@ class Plan:
     """The resolved DeepSpeed config (read from its file on the driver)."""
     selection: Selection | None = field(default=None, compare=False)
     """How a selector chose ``layers``; None when the config lists them."""
+    checkpointing: bool | None = False
+    """Activation checkpointing from the lowest block that can train (`raylsl.fit.check_fit`
+    resolved ``auto``); None: ``auto`` where the driver cannot see the workers' devices, decided by
+    each worker against its own."""
 
     @property
     def zero_stage(self) -> int | None:
@@ -139,13 +123,16 @@ def score_key(config: RunConfig) -> str:
 
 def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | None = None,
                keep_model: bool = False, examples: list | None = None,
-               scores: dict[str, LayerScores] | None = None) -> tuple[Plan, tuple[torch.nn.Module, Any] | None]:
+               scores: dict[str, LayerScores] | None = None,
+               fit: bool = True) -> tuple[Plan, tuple[torch.nn.Module, Any] | None]:
     """Resolves ``config`` into a `Plan`, running the selector if one is configured.
 
     The model is loaded here only when it is needed: to score blocks (a selector that reads data),
     or to train in this process (``keep_model``: it is then returned with its tokenizer, on this
     machine's accelerator). A run whose workers train elsewhere only reads the model's structure,
-    and a model loaded to score blocks is released before the workers start.
+    and a model loaded to score blocks is released before the workers start. Once the blocks are
+    known, and before the model loads to train, the run's memory is checked against where it
+    trains (`raylsl.fit.check_fit`, when this process can see that device).
 
     Args:
         layers: blocks already chosen (a resumed run's); skips selection.
@@ -154,17 +141,19 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
             split with the config's data settings.
         scores: static selectors' scores by `score_key`, already computed (a sweep's): a trial
             whose key is there chooses from them without loading data or scoring.
+        fit: check that training fits (off for plans that only score or evaluate).
 
     Raises:
         RaylslError: bad input (model, task, selector, budget, DeepSpeed spec).
+        DoesNotFit: the run cannot fit where it trains.
     """
     check_config(config)
     spec = resolve_model(config.model.name, config.model.kind)
     task = split_examples(config.task.name, examples, config.data) if examples is not None else load_task(config.task, config.data)
     selector = build_selector(config.selector, config.selector_options.get(config.selector)) if config.selector else None
     known = (scores or {}).get(score_key(config)) if selector is not None and selector.needs_data else None
-    needs_model = keep_model or (layers is None and selector is not None and selector.needs_data and known is None)
-    loaded = load_base(spec, config, local_device()) if needs_model else None
+    scoring = layers is None and selector is not None and selector.needs_data and known is None
+    loaded = load_base(spec, config, local_device()) if scoring else None
     blocks_path, blocks = find_blocks(loaded[0] if loaded else spec.skeleton(), config.blocks_path)
     num_blocks = len(blocks)
     selection = None
@@ -177,8 +166,17 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
         selection = _select(config, selector, spec.kind, loaded, blocks, blocks_path, task)
         layers = selection.layers
     del blocks
+    try:  # before the model loads to train (a model loaded only to score is released on refusal)
+        device = target_device(config) if fit else None
+        checkpointing = check_fit(config, device, list(layers), task.generative)
+    except DoesNotFit:
+        loaded = None
+        _release()
+        raise
     plan = Plan(config, name, storage, ModelSource(config.model.name), spec.kind, blocks_path, num_blocks, tuple(layers),
-                task, deepspeed_config(config.deepspeed) if config.deepspeed else None, selection)
+                task, deepspeed_config(config.deepspeed) if config.deepspeed else None, selection, checkpointing)
+    if keep_model and loaded is None:
+        loaded = load_base(spec, config, local_device())
     if loaded is not None and not keep_model:
         del loaded
         _release()

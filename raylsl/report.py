@@ -35,6 +35,8 @@ SHORT = {"acc": "acc", "exact_match": "exact match", "loss": "loss"}
 """How tables and the recommendation name the metric (``val acc``, ``test exact match``)."""
 STOPPED = "STOPPED_EARLY"
 """A trial the sweep's scheduler stopped at a rung; its validation metric is the rung's (subset) evaluation."""
+INFEASIBLE = "INFEASIBLE"
+"""A trial the fit check refused before it loaded anything: it cannot fit where it would train."""
 SCHEDULER_STATE = "scheduler.json"
 """The scheduler's rung records and the trials it stopped, in the sweep's storage."""
 
@@ -125,7 +127,7 @@ class SweepReport:
     @property
     def complete(self) -> bool:
         """Every planned trial finished or failed (an interrupted sweep is not complete)."""
-        done = int(self.trials["status"].isin(["TERMINATED", "ERROR", STOPPED]).sum())
+        done = int(self.trials["status"].isin(["TERMINATED", "ERROR", STOPPED, INFEASIBLE]).sum())
         return self.planned is None or done >= self.planned
 
     def pareto_front(self):
@@ -172,7 +174,9 @@ class SweepReport:
         ax.set_ylabel(f"validation {LABELS[self.metric]}" + ("" if self.maximise else " (lower is better)"))
         failed = int((self.trials["status"] == "ERROR").sum())
         stopped = int((self.trials["status"] == STOPPED).sum())
-        notes = [f"{failed} failed"] * bool(failed) + [f"{stopped} stopped early"] * bool(stopped)
+        infeasible = int((self.trials["status"] == INFEASIBLE).sum())
+        notes = [f"{failed} failed"] * bool(failed) + [f"{stopped} stopped early"] * bool(stopped) \
+            + [f"{infeasible} cannot fit"] * bool(infeasible)
         ax.set_title(f"{self.run_dir.name}: {len(done)} trials" + (f" ({', '.join(notes)})" if notes else ""))
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
         ax.grid(alpha=0.3)
@@ -327,7 +331,9 @@ def _trial_row(trial, storage: Storage, frame=None, stopped=frozenset(), metric:
     error = _error_message(trial)
     finished = status == "TERMINATED" and all(_finite(last.get(k)) for k in objectives(metric)) \
         and last.get("final") is not False
-    if trial.trial_id in stopped and not finished:  # the scheduler stopped it: its metrics at that rung
+    if last.get("infeasible"):
+        status, error = INFEASIBLE, last.get("error", "")
+    elif trial.trial_id in stopped and not finished:  # the scheduler stopped it: its metrics at that rung
         status = STOPPED
     elif status == "TERMINATED" and not finished:
         status, error = "ERROR", error or f"the trial reported no finite validation {LABELS[metric]} / parameter count"

@@ -32,6 +32,7 @@ def run_results(plan: Plan, outcome: dict[str, Any], wall_time_s: float, run_dir
         "selection_cached": plan.selection.cached if plan.selection else None, "dynamic": outcome["dynamic"],
         "workers": config.workers, "deepspeed": config.deepspeed, "device": outcome.get("device"),
         "zero3_base_fraction_per_rank": outcome.get("zero3_base_fraction_per_rank"),
+        "checkpointed_blocks": outcome.get("checkpointed_blocks", []),
         "wall_time_s": wall_time_s, "run_dir": run_dir, "storage": plan.storage,
     }
 

@@ -202,6 +202,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
     if finished is not None:  # a resumed run whose training had already ended: nothing to redo
         return finished if rank == 0 else None
     device = ray.train.torch.get_device()
+    checkpointing = _check_fit_here(plan, device, world, context.get_local_world_size())
     ds_config = loaded = fractions = None
     if plan.deepspeed is not None:
         from raylsl.distributed.deepspeed_engine import full_config, local_fraction, sharded_init
@@ -212,7 +213,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
                 loaded = load_base(plan.model.spec(plan.kind), plan.config, device, sharded=True)
             fractions = [None] * world
             torch.distributed.all_gather_object(fractions, local_fraction(loaded[0]))
-    a = assemble(plan, device, loaded)
+    a = assemble(plan, device, loaded, checkpointing)
     if plan.zero_stage == 3:
         a.objective.cached_scoring = False  # one forward per evaluation batch: every rank in lockstep
     engine = _engine(a, world, ds_config)
@@ -226,6 +227,22 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
         ray.train.report({"step": outcome["train"]["steps"], "final": 1},
                          checkpoint=ray.train.Checkpoint.from_directory(out) if rank == 0 else None)
     return outcome if rank == 0 else None
+
+
+def _check_fit_here(plan: Plan, device: torch.device, world: int, local_world: int) -> bool | None:
+    """The fit check against this worker's own device, before it loads anything (the driver, on a
+    CPU head, cannot see the workers' GPUs unless ``gpu_memory`` told it); returns whether
+    activation checkpointing is on. CPU workers on one node share its memory."""
+    from raylsl.fit import Device, available_host_memory, check_fit
+
+    if plan.config.gpu_memory is not None:
+        return plan.checkpointing
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        own = Device("cuda", props.total_memory, world, props.name)
+    else:
+        own = Device("cpu", available_host_memory() // max(local_world, 1), world, "this worker's share of its node")
+    return check_fit(plan.config, own, list(plan.layers), plan.task.generative)
 
 
 def _finished_outcome() -> dict[str, Any] | None:

@@ -47,12 +47,13 @@ class LoadOptions:
 
 def resolve_dtype(settings: ModelSettings, device: torch.device, precision: str = "auto") -> torch.dtype:
     """``model.dtype`` on ``device``: auto is bfloat16 on a GPU that supports it (unless
-    ``train.precision=fp32``), else float32.
+    ``train.precision=fp32``), else float32. A GPU this process cannot see (an estimate made on a
+    CPU head for GPU workers) is taken to support bfloat16, as every GPU since Ampere does.
 
     Raises:
         ConfigError: bfloat16 on a GPU without bfloat16 support.
     """
-    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    bf16_ok = device.type != "cuda" or not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
     if settings.dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" and bf16_ok and precision != "fp32" else torch.float32
     if settings.dtype == "bfloat16" and not bf16_ok:

@@ -110,7 +110,7 @@ class ModelSpec:
         for a large model)."""
         config = self.config()
         with torch.device("meta"):
-            return _model_class(self.kind).from_config(config)
+            return _model_class(self.kind).from_config(config).requires_grad_(False)
 
 
 def resolve_model(name: str, kind: str = "auto") -> ModelSpec:

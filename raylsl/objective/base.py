@@ -44,10 +44,11 @@ class Objective(Protocol):
 
 
 def make_objective(kind: str, tokenizer, max_length: int, generative: bool = False,
-                   chat_template: str | None = None, generation: dict | None = None) -> Objective:
+                   chat_template: str | None = None, generation: dict | None = None, loss_chunk: int = 0) -> Objective:
     """The objective for a model family (``kind``) and a task: multiple choice, or generative
     (`raylsl.objective.generative`, decoders only; ``generation``: its ``answer_pattern``,
-    ``max_new_tokens`` and ``stop``)."""
+    ``max_new_tokens`` and ``stop``). ``loss_chunk``: a decoder's head and loss run over chunks of
+    that many target positions (`raylsl.objective.causal`)."""
     from raylsl.models import ENCODER
     from raylsl.objective.multiple_choice import DecoderMC, EncoderMC
 
@@ -59,8 +60,12 @@ def make_objective(kind: str, tokenizer, max_length: int, generative: bool = Fal
                               "is an encoder: pick a decoder model, or give multiple-choice rows")
         from raylsl.objective.generative import DecoderLM
 
-        return DecoderLM(tokenizer, max_length, chat_template, **(generation or {}))
-    return (EncoderMC if kind == ENCODER else DecoderMC)(tokenizer, max_length)
+        objective = DecoderLM(tokenizer, max_length, chat_template, **(generation or {}))
+    else:
+        objective = (EncoderMC if kind == ENCODER else DecoderMC)(tokenizer, max_length)
+    if kind != ENCODER:
+        objective.loss_chunk = loss_chunk
+    return objective
 
 
 def run_objective(kind: str, tokenizer, config, generative: bool) -> Objective:
@@ -68,7 +73,7 @@ def run_objective(kind: str, tokenizer, config, generative: bool) -> Objective:
     task = config.task
     return make_objective(kind, tokenizer, config.data.max_length, generative, task.chat_template,
                           {"answer_pattern": task.answer_pattern, "max_new_tokens": task.max_new_tokens,
-                           "stop": task.stop})
+                           "stop": task.stop}, config.train.loss_chunk)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

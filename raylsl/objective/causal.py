@@ -11,10 +11,17 @@ cheaper than a generic trainer without changing its value:
   hidden states of the positions whose next token is a target, so the vocabulary projection and
   the softmax run on those rows only; whatever the model does to the head's output afterwards
   (e.g. logit soft-capping) still happens.
+- **Chunked head and loss** (``train.loss_chunk``). The hidden states at the target positions are
+  taken from the head's input, and the head and the loss run over chunks of them, each chunk under
+  activation checkpointing: its logits are freed after its forward and recomputed in backward, so
+  peak memory holds one chunk's logits (chunk x vocabulary), not all targets' (a 128k vocabulary
+  over 2k target tokens is 1 GB per sequence in fp32). Evaluation chunks the same way.
 
-Neither is assumed to work: the first loss computed with a model is also computed the plain way
+None is assumed to work: the first loss computed with a model is also computed the plain way
 (padded batch, full logits) on a few examples, and the fastest layout that agrees is kept; a model
-whose head or masks do not fit falls back, with one warning, to padded rows or full logits.
+whose head or masks do not fit falls back, with one warning, to padded rows or full logits. The
+chunked head is checked the same way (a model that transforms its logits after the head, such as
+Gemma 2's soft-capping, would lose that in chunks) and dropped, with one warning, if it disagrees.
 
 Evaluation: `continuation_logprobs` scores every continuation of a context with one forward pass
 over the context; multi-token continuations reuse its KV cache.
@@ -24,13 +31,14 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from raylsl.models.heads import chunked_nll, head_only_at, hidden_at, output_head, unwrap  # noqa: F401 (re-exported)
 
 LAYOUTS = ("packed", "padded", "full")
 VERIFY_EXAMPLES = 4
@@ -115,36 +123,25 @@ def packed(seqs: Sequence[Tokens], pad_id: int) -> dict[str, torch.Tensor]:
     return {"packed_ids": ids, "packed_positions": positions, "packed_targets": targets}
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP / DeepSpeed wrappers (their forward must still be the one called)."""
-    while type(model).__name__ in ("DistributedDataParallel", "DeepSpeedEngine"):
-        model = model.module
-    return model
+def position_nll(model: nn.Module, inputs: dict, predicts: torch.Tensor, labels: torch.Tensor,
+                 chunk: int = 0) -> torch.Tensor:
+    """NLL of ``labels`` at the positions ``predicts`` marks (a bool mask over the forward's rows
+    and positions), the head run only there, in chunks of ``chunk`` positions when there are more
+    (0: at once). Returns one value per position, in fp32."""
+    if chunk and labels.shape[0] > chunk:
+        with hidden_at(model, predicts) as captured:
+            model(**inputs)
+        if not captured:
+            raise RuntimeError("the model's forward did not call its output embeddings")
+        return chunked_nll(model, captured[0], labels, chunk)
+    with head_only_at(model, predicts):
+        logits = model(**inputs).logits
+    return F.cross_entropy(logits.float(), labels, reduction="none")
 
 
-def output_head(model: nn.Module) -> nn.Module | None:
-    """The model's output embeddings (the LM head), or None when it exposes none."""
-    get = getattr(unwrap(model), "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    return head if isinstance(head, nn.Module) else None
-
-
-@contextmanager
-def head_only_at(model: nn.Module, select: torch.Tensor) -> Iterator[None]:
-    """Inside the body, the output head sees only the hidden states where ``select`` (a bool mask
-    over the forward's (rows, positions)) is True; ``logits`` come out as (selected, vocab)."""
-    head = output_head(model)
-    if head is None:
-        raise RuntimeError("the model exposes no output embeddings")
-    handle = head.register_forward_pre_hook(lambda module, args: (args[0][select], *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def target_nll(model: nn.Module, batch: dict[str, torch.Tensor], layout: str) -> torch.Tensor:
-    """Summed NLL of the batch's target tokens, computed in ``layout`` (packed, padded or full)."""
+def target_nll(model: nn.Module, batch: dict[str, torch.Tensor], layout: str, chunk: int = 0) -> torch.Tensor:
+    """Summed NLL of the batch's target tokens, computed in ``layout`` (packed, padded or full),
+    the head and loss in chunks of ``chunk`` target positions (0: at once; not with ``full``)."""
     if layout == "packed":
         ids, targets = batch["packed_ids"], batch["packed_targets"]
         inputs = {"input_ids": ids, "position_ids": batch["packed_positions"], "use_cache": False}
@@ -155,10 +152,8 @@ def target_nll(model: nn.Module, batch: dict[str, torch.Tensor], layout: str) ->
     predicts = F.pad(targets[:, 1:], (0, 1))  # position t predicts token t+1
     if layout == "full":
         logits = model(**inputs).logits[predicts]
-    else:
-        with head_only_at(model, predicts):
-            logits = model(**inputs).logits
-    return F.cross_entropy(logits.float(), labels, reduction="sum")
+        return F.cross_entropy(logits.float(), labels, reduction="sum")
+    return position_nll(model, inputs, predicts, labels, chunk).sum()
 
 
 def sample_batch(batch: dict[str, torch.Tensor], seqs: Sequence[Tokens], pad_id: int) -> dict[str, torch.Tensor]:
@@ -167,8 +162,9 @@ def sample_batch(batch: dict[str, torch.Tensor], seqs: Sequence[Tokens], pad_id:
     return {k: v.to(device) for k, v in {**padded(seqs, pad_id), **packed(seqs, pad_id)}.items()}
 
 
-def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor]) -> str:
-    """The fastest layout whose loss on ``sample`` equals the full-logits loss (see module doc).
+def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor], chunk: int = 0) -> tuple[str, int]:
+    """The fastest layout whose loss on ``sample`` equals the full-logits loss, and ``chunk`` if
+    the chunked head agrees too, else 0 (see module doc).
 
     Runs in eval mode with the RNG state restored afterwards, so a run's random stream (dropout,
     data) is the same whether or not this check happened in it. Under torch.distributed every rank
@@ -177,10 +173,11 @@ def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor]) -> str:
     device = sample["input_ids"].device
     was_training = model.training
     model.eval()
-    found = len(LAYOUTS) - 1
+    found, chunked = len(LAYOUTS) - 1, not chunk
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             reference = float(target_nll(model, sample, "full"))
+            agrees = lambda value: abs(value - reference) <= VERIFY_RTOL * max(abs(reference), 1e-6)  # noqa: E731
             # Every layout runs, agreeing or not: under ZeRO-3 each forward is a collective, and
             # all ranks must make the same calls.
             for index, layout in reversed(list(enumerate(LAYOUTS[:-1]))):
@@ -188,15 +185,24 @@ def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor]) -> str:
                     value = float(target_nll(model, sample, layout))
                 except Exception:  # a model whose forward rejects the layout's inputs
                     continue
-                if abs(value - reference) <= VERIFY_RTOL * max(abs(reference), 1e-6):
+                if agrees(value):
                     found = index
+            if chunk:  # in chunks of one position, so the check never fits in a single chunk
+                try:
+                    chunked = agrees(float(target_nll(model, sample, "padded", chunk=1)))
+                except Exception:  # the forward never calls the output embeddings
+                    chunked = False
     finally:
         model.train(was_training)
     found = _max_over_ranks(found, device)
+    chunked = chunk > 0 and _max_over_ranks(int(not chunked), device) == 0
     if found > 0:
         warnings.warn(f"raylsl: {type(unwrap(model)).__name__}'s loss in the faster layout(s) did not match the "
                       f"plain computation; using the {LAYOUTS[found]} layout (slower, same result)", RuntimeWarning)
-    return LAYOUTS[found]
+    if chunk and not chunked:
+        warnings.warn(f"raylsl: {type(unwrap(model)).__name__}'s loss with the head in chunks (train.loss_chunk) did "
+                      f"not match the plain computation; computing it at once", RuntimeWarning)
+    return LAYOUTS[found], chunk if chunked and found < len(LAYOUTS) - 1 else 0
 
 
 class CausalTargets(ABC):
@@ -207,6 +213,9 @@ class CausalTargets(ABC):
     tokenizer = None
     layout: str | None = None
     """Training layout (packed / padded / full), chosen at the first loss computed."""
+    loss_chunk: int = 0
+    """Target positions per chunk of the head and loss (``train.loss_chunk``; 0: at once); set to 0
+    at the first loss when the chunked head does not agree with the plain one."""
 
     @abstractmethod
     def tokens(self, example) -> Tokens:
@@ -220,8 +229,9 @@ class CausalTargets(ABC):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], normalizer: float | None = None) -> torch.Tensor:
         if self.layout is None:
-            self.layout = choose_layout(model, _head_rows(batch, self.tokenizer.pad_token_id))
-        return target_nll(model, batch, self.layout) / (normalizer or self.target_count(batch))
+            self.layout, self.loss_chunk = choose_layout(model, _head_rows(batch, self.tokenizer.pad_token_id),
+                                                         self.loss_chunk)
+        return target_nll(model, batch, self.layout, self.loss_chunk) / (normalizer or self.target_count(batch))
 
     def target_count(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["target_mask"].sum())
@@ -234,9 +244,8 @@ class CausalTargets(ABC):
                                                      self.tokenizer.pad_token_id).items()}
         targets = batch["target_mask"]
         predicts = F.pad(targets[:, 1:], (0, 1))
-        with head_only_at(model, predicts):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        nll = F.cross_entropy(logits.float(), batch["input_ids"][:, 1:][targets[:, 1:]], reduction="none")
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        nll = position_nll(model, inputs, predicts, batch["input_ids"][:, 1:][targets[:, 1:]], self.loss_chunk)
         rows = predicts.nonzero()[:, 0]
         sums = torch.zeros(len(examples), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
         return [(float(total), int(count)) for total, count in zip(sums.tolist(), targets.sum(-1).tolist())]

@@ -196,7 +196,7 @@ def _score_once(base, space: SearchSpace, examples: list, run: RunDir) -> tuple[
         if key in scores:
             continue
         started = time.perf_counter()
-        plan, _ = build_plan(config, "scores", run.storage.uri, examples=examples)
+        plan, _ = build_plan(config, "scores", run.storage.uri, examples=examples, fit=False)
         scores[key] = plan.selection.scores
         run.storage.write_json(f"scores/{key}.json", scores[key].to_dict())
         seconds[f"{selector}:{key}"] = time.perf_counter() - started

@@ -70,10 +70,11 @@ MAX_REPEATS = 50
 
 
 class ParetoOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a failed or metric-less trial as FAIL in the study, a trial the
-    scheduler stopped early (its last report is an evaluation during training, ``final: False``)
-    as PRUNED, answers a proposal that repeats a finished trial from that trial's result (or a
-    pruned one as pruned) instead of training it again, and exports the study after each trial.
+    """OptunaSearch that records a failed, metric-less or infeasible (refused by the fit check)
+    trial as FAIL in the study, a trial the scheduler stopped early (its last report is an
+    evaluation during training, ``final: False``) as PRUNED, answers a proposal that repeats a
+    finished trial from that trial's result (a pruned one as pruned, an infeasible one as failed)
+    instead of running it again, and exports the study after each trial.
 
     Ray's multi-objective path passes ``[None, None]`` to ``study.tell`` for a trial that errored,
     which Optuna rejects; Ray only logs that, and the study would keep the trial RUNNING forever.
@@ -100,10 +101,12 @@ class ParetoOptunaSearch(OptunaSearch):
         """Proposals answered from a finished trial: {"config", "answered_by"}."""
         self.pruned: dict[str, str] = {}
         """Run signature -> id of the trial the scheduler stopped early with it."""
+        self.infeasible: dict[str, str] = {}
+        """Run signature -> id of the trial the fit check refused with it (it cannot fit)."""
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A searcher pickled by an older raylsl (a resumed sweep's) lacks what was added since."""
-        self.__dict__.update({"num_blocks": None, "configs": {}, **state})
+        self.__dict__.update({"num_blocks": None, "configs": {}, "infeasible": {}, **state})
 
     def suggest(self, trial_id: str) -> dict | str | None:
         for _ in range(MAX_REPEATS):
@@ -117,6 +120,12 @@ class ParetoOptunaSearch(OptunaSearch):
                 self.repeats.append({"config": config, "answered_by": self.pruned[signature]})
                 print(f"raylsl: the proposed trial {signature} repeats trial {self.pruned[signature]}, stopped "
                       f"early: pruned again, not trained", flush=True)
+                continue
+            if signature in self.infeasible:  # it cannot fit, however often it is proposed
+                self._ot_study.tell(self._ot_trials.pop(trial_id), state=optuna.trial.TrialState.FAIL)
+                self.repeats.append({"config": config, "answered_by": self.infeasible[signature]})
+                print(f"raylsl: the proposed trial {signature} repeats trial {self.infeasible[signature]}, which "
+                      f"cannot fit: not run", flush=True)
                 continue
             if done is None:
                 self._signatures[trial_id] = signature
@@ -162,6 +171,8 @@ class ParetoOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             self.export()
             return
+        if (result or {}).get("infeasible") and trial_id in self._signatures:
+            self.infeasible[self._signatures[trial_id]] = trial_id
         values = [(result or {}).get(metric) for metric in self.metric]
         ok = not error and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
         signature = self._signatures.pop(trial_id, None)

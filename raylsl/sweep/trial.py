@@ -8,7 +8,8 @@ drives its own Ray Train workers (whose run is kept under ``STORAGE/trials/<tria
 ends with one report: its metrics and a checkpoint holding ``adapter/``, ``results.json`` and its
 records. A trial whose newest checkpoint already holds results (a resumed sweep) reports them
 again without training; so does one whose final checkpoint reached storage but was not recorded
-(a driver killed in between).
+(a driver killed in between). A trial the fit check refuses (it cannot fit where it would train)
+reports ``infeasible`` with the reason, and ends without loading anything.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from typing import Any
 
 from raylsl.config import RunConfig, with_overrides
 from raylsl.errors import RaylslError
+from raylsl.fit import DoesNotFit
 from raylsl.results import format_layers, run_results
 from raylsl.selectors import LayerScores
 from raylsl.storage import RunDir, Storage
 from raylsl.sweep.space import trial_overrides
 
 RESULTS = "results.json"
+INFEASIBLE = "infeasible"
+"""The key of the one report a trial makes when the fit check refuses it (`raylsl.fit`)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,11 @@ def run_trial(params: dict[str, Any], inputs: SweepInputs) -> None:
             return
     config = trial_config(inputs, params, trial_id)
     with tempfile.TemporaryDirectory() as out:
-        results = _train(config, inputs, Path(out))
+        try:
+            results = _train(config, inputs, Path(out))
+        except DoesNotFit as exc:  # refused before anything loaded: recorded, never run into an OOM
+            tune.report({INFEASIBLE: True, "final": True, "error": str(exc)})
+            return
         Storage(out).write_json(RESULTS, results)
         tune.report(trial_metrics(results, inputs.metric), checkpoint=tune.Checkpoint.from_directory(out))
 

@@ -67,7 +67,7 @@ def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0,
 
     Returns:
         ``{"before", "after", "after_per_example", "train", "params", "adapted_blocks", "dynamic",
-        "workers", "device"}``; with ``tracking``, rank 0 also logs to TensorBoard or MLflow.
+        "workers", "checkpointed_blocks", "device"}``; with ``tracking``, rank 0 also logs to TensorBoard or MLflow.
     """
     config, task = a.plan.config, a.plan.task
     before = (checkpoints.peek() or {}).get("before")
@@ -93,6 +93,7 @@ def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0,
     return {"before": before, "after": after, "after_per_example": per_example, "train": loop, "params": count_trainable(a.model),
             "adapted_blocks": adapted_blocks(a.model, a.plan.blocks_path),
             "dynamic": a.dynamic.summary() if a.dynamic else None, "workers": world,
+            "checkpointed_blocks": a.checkpointed,
             "device": torch.cuda.get_device_name(a.device) if a.device.type == "cuda" else a.device.type}
 
 

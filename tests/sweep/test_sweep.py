@@ -141,18 +141,21 @@ GENERATIVE_SPACE = """\
 base: {base}
 set: {{data.val_size: 8, data.test_size: 8, train.steps: 3, train.batch_size: 4, train.checkpoint_every: 2,
        eval_before: false}}
-trials: 2
+trials: 3
 points:
-  - {{selector: last, n: 1}}
+  - {{selector: last, n: 1, lora.r: 4}}
+  - {{selector: all, lora.r: 100000000}}   # 10^8-rank adapters: refused by the fit check, never run
 parameters:
   selector: {{choices: [all, last]}}
   n: {{low: 1, high: 3}}
+  lora.r: {{choices: [4, 100000000]}}
 """
 
 
 def test_a_generative_sweep_minimises_held_out_loss_and_shows_each_trials_step(tmp_path, ray_session, capfd):
     """Completion rows without reference answers: the sweep ranks by validation loss, minimised by
-    Optuna, the front and the report; while it runs, each trial's step is printed."""
+    Optuna, the front and the report; while it runs, each trial's step is printed. A trial that
+    cannot fit is recorded as such without running."""
     from raylsl.sweep.run import sweep
 
     rows = tmp_path / "gen.jsonl"
@@ -178,6 +181,12 @@ def test_a_generative_sweep_minimises_held_out_loss_and_shows_each_trials_step(t
     assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
     assert "Minimise validation loss" in (report.run_dir / "pareto.md").read_text()
     assert "step 2/3" in out and "step 3/3" in out and "val_loss" in out, out[-3000:]
+    refused = report.trials[report.trials["status"] == "INFEASIBLE"]
+    assert len(refused) == 1 and json.loads(refused.iloc[0]["params"])["lora.r"] == 100000000
+    assert "this run does not fit" in refused.iloc[0]["error"] and refused["checkpoint"].eq("").all()
+    assert math.isnan(refused.iloc[0]["train_time_s"])  # refused before anything loaded
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and optuna.trial.TrialState.RUNNING not in states
 
 
 def test_the_sweep_metric_comes_from_the_task(tmp_path):
