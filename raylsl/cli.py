@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-from raylsl.errors import RaylslError
+from raylsl.errors import RaylslError, RaylslWarning
 
 
 def _split_positionals(items: list[str]) -> tuple[str | None, list[str]]:
@@ -195,6 +195,10 @@ def _quiet_libraries() -> None:
     """Library chatter (load reports, deprecations) buries raylsl's own messages."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", category=RaylslWarning)  # raylsl's own notes about a run stay visible
+    plain = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *rest: (
+        f"{message}\n" if issubclass(category, RaylslWarning) else plain(message, category, *rest))
     from transformers.utils import logging
 
     logging.set_verbosity_error()
