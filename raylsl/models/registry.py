@@ -83,7 +83,7 @@ class ModelSpec:
             try:
                 model = from_pretrained(cls, self.directory(), options, self.name)
                 tokenizer = self._tokenizer()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a directory without a tokenizer
                 raise loaded_error(self.name, exc) from None
         model.eval()
         model.requires_grad_(False)
