@@ -109,7 +109,8 @@ def apply_lora(model: nn.Module, layers: list[int], settings: LoraSettings, bloc
     from peft import LoraConfig, get_peft_model
 
     targets = lora_targets(model, blocks, settings)
-    layer_types = {type(m) is Conv1D for name in targets for m in linear_layers(blocks)[name]}
+    found = linear_layers(blocks)
+    layer_types = {type(m) is Conv1D for name in targets for m in found[name]}
     if len(layer_types) > 1:
         raise unsupported(model, f"its targets {', '.join(targets)} mix nn.Linear and Conv1D layers, whose weights "
                                  f"peft reads in opposite layouts")
@@ -146,7 +147,12 @@ def loose_weights(block: nn.Module, model_type: str | None = None) -> dict[str, 
     routers = set(known.routers) if (known := architecture(model_type)) else set()
     held = {id(p) for modules in linear_layers(block).values() for m in modules for p in m.parameters()}
     held |= {id(p) for name, m in block.named_modules() if name.rsplit(".", 1)[-1] in routers for p in m.parameters()}
-    return {name: p for name, p in block.named_parameters() if p.dim() >= 2 and id(p) not in held}
+    return {name: p for name, p in block.named_parameters() if len(_shape(p)) >= 2 and id(p) not in held}
+
+
+def _shape(param: nn.Parameter) -> torch.Size:
+    """A parameter's full shape, also when ZeRO-3 holds only a partition of it here."""
+    return getattr(param, "ds_shape", param.shape)
 
 
 def _expert_parameters(model: nn.Module, blocks: nn.ModuleList, names: tuple[str, ...], blocks_path: str,
@@ -171,8 +177,8 @@ def warn_unadapted(model: nn.Module, blocks: list[nn.Module], targets: list[str]
     for block in blocks:
         for name, param in loose_weights(block, _model_type(model)).items():
             if name not in parameters:
-                left[name] = left.get(name, 0) + param.numel()
-    share = sum(left.values()) / max(sum(p.numel() for block in blocks for p in block.parameters()), 1)
+                left[name] = left.get(name, 0) + _shape(param).numel()
+    share = sum(left.values()) / max(sum(_shape(p).numel() for block in blocks for p in block.parameters()), 1)
     if share > UNADAPTED_WARNING:
         names = ",".join(sorted(left))
         warnings.warn(f"raylsl: {describe(model)}: {names.replace(',', ', ')} ({share:.0%} of the adapted blocks' "

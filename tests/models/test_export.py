@@ -106,3 +106,18 @@ def test_the_peft_form_writes_target_lists_sorted(tmp_path):
     out = export_adapter(adapter, "peft", tmp_path / "out", resolve_model("tiny-llama"))
     assert json.loads((out / "adapter_config.json").read_text())["target_modules"] == ["down_proj", "q_proj", "v_proj"]
     assert (out / "adapter_model.safetensors").read_bytes() == b"weights"
+
+
+def test_merged_keeps_the_base_checkpoint_dtype(tmp_path):
+    from raylsl.config import LoraSettings
+    from raylsl.lora import apply_lora
+    from raylsl.models import find_blocks
+
+    llama = architecture("llama")
+    tiny_model(llama).to(torch.bfloat16).save_pretrained(tmp_path / "base")
+    byte_tokenizer().save_pretrained(tmp_path / "base")
+    model = tiny_model(llama)
+    apply_lora(model, [1], LoraSettings(r=2), *find_blocks(model), "decoder").save_pretrained(tmp_path / "adapter")
+    out = export_adapter(tmp_path / "adapter", "merged", tmp_path / "merged", resolve_model(str(tmp_path / "base")))
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"

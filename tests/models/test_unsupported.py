@@ -16,7 +16,7 @@ from architecture_cases import LAYERS, tiny_config, tiny_model
 from raylsl.cli import main
 from raylsl.config import LoraSettings
 from raylsl.errors import ConfigError, ModelError, RaylslWarning
-from raylsl.lora import apply_lora
+from raylsl.lora import apply_lora, loose_weights
 from raylsl.models import architecture, byte_tokenizer, find_blocks, resolve_model
 
 WAYS_OUT = ("model.kind=decoder|encoder", "blocks_path=", "lora.target_modules=")
@@ -103,6 +103,15 @@ def test_moe_experts_left_frozen_are_named_in_a_warning(tmp_path, task_file, cap
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if "get no LoRA" in line]
     assert len(notes) == 1 and notes[0].startswith("raylsl: 'mixtral'") and "Warning" not in err
+
+
+def test_experts_partitioned_by_zero3_are_still_found():
+    """Under ZeRO-3 a rank holds an empty partition of each weight; its full shape is ds_shape."""
+    mixtral = architecture("mixtral")
+    block = find_blocks(tiny_model(mixtral))[1][0]
+    for param in block.parameters():
+        param.ds_shape, param.data = param.shape, torch.empty(0)
+    assert sorted(loose_weights(block, "mixtral")) == list(mixtral.experts)
 
 
 @pytest.mark.parametrize("settings, message", [
