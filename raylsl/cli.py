@@ -1,4 +1,4 @@
-"""Command line: ``raylsl train``, ``select``, ``estimate``, ``eval``, ``sweep`` and ``report``.
+"""Command line: ``raylsl train``, ``select``, ``estimate``, ``eval``, ``export``, ``sweep`` and ``report``.
 
 Each command maps to a plain function in `raylsl.recipes`. Positional arguments are an optional
 YAML config (or run directory) followed by ``key=value`` overrides (``lora.r=16 layers=15-29``).
@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-from raylsl.errors import RaylslError
+from raylsl.errors import RaylslError, RaylslWarning
 
 
 def _split_positionals(items: list[str]) -> tuple[str | None, list[str]]:
@@ -69,6 +69,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     target, overrides = _split_positionals(args.items)
     print(json.dumps(evaluate_target(target, overrides, args.split, args.samples), indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from raylsl.recipes.export import export_run
+
+    print(export_run(args.run_dir, args.format, args.out))
     return 0
 
 
@@ -173,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
                                "references to samples_SPLIT.jsonl in the run (or the working directory)")
     evaluate.set_defaults(func=cmd_eval)
 
+    export = sub.add_parser("export", help="a run's adapter as a server loads it: peft, padded or merged")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="the run's directory or storage URI")
+    export.add_argument("--format", required=True, metavar="peft|padded|merged",
+                        help="peft: as saved (peft, vLLM); padded: zero weights in the blocks not chosen, no layer "
+                             "fields (TGI, LoRAX); merged: the base with the adapter merged in (servers without "
+                             "LoRA, llama.cpp's GGUF conversion, encoders)")
+    export.add_argument("--out", metavar="DIR", help="a new directory or storage URI (default: RUN_DIR/export/FORMAT)")
+    export.set_defaults(func=cmd_export)
+
     sweep = sub.add_parser("sweep", help="Ray Tune + Optuna sweep: accuracy vs trainable parameters")
     sweep.add_argument("items", nargs="*", metavar="SPACE.yaml [KEY=VALUE ...]",
                        help="a search space file (search_spaces/), then run-config overrides for every trial")
@@ -221,6 +237,10 @@ def _quiet_libraries() -> None:
     """Library chatter (load reports, deprecations) buries raylsl's own messages."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", category=RaylslWarning)  # raylsl's own notes about a run stay visible
+    plain = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *rest: (
+        f"{message}\n" if issubclass(category, RaylslWarning) else plain(message, category, *rest))
     from transformers.utils import logging
 
     logging.set_verbosity_error()

@@ -72,7 +72,11 @@ class LoraSettings:
     dropout: float = 0.05
     """Dropout on the adapter input."""
     target_modules: tuple[str, ...] | None = None
-    """Leaf names of the linear layers to adapt; None adapts every nn.Linear inside a block."""
+    """Leaf names of the linear layers to adapt; None adapts every linear layer inside a block
+    (nn.Linear or GPT-2's Conv1D, fused projections included, router gates not)."""
+    target_parameters: tuple[str, ...] | None = None
+    """Block-relative names of fused MoE expert weights to adapt too (mlp.experts.gate_up_proj),
+    through peft's target_parameters; needs lora.dropout=0. None: experts stay frozen."""
 
     def __post_init__(self) -> None:
         _check(self.r > 0, "lora.r", self.r, "must be a positive integer (try lora.r=8)")
@@ -80,6 +84,8 @@ class LoraSettings:
         _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "must be in [0, 1)")
         _check(self.target_modules is None or len(self.target_modules) > 0,
                "lora.target_modules", self.target_modules, "must name at least one module or be null")
+        _check(not self.target_parameters or self.dropout == 0, "lora.dropout", self.dropout,
+               "must be 0 with lora.target_parameters: peft's LoRA on a fused weight has no dropout")
 
 
 @dataclass(frozen=True)

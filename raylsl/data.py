@@ -233,8 +233,13 @@ def _generative(row: dict, fmt: str, where: str) -> GenExample:
 def _read_jsonl(path: Path, task: TaskSettings) -> list:
     examples = []
     fmt = None if task.format == "auto" else task.format
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:  # decoded line by line, so a bad byte is reported where it is
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column "
+                                f"{exc.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:

@@ -19,3 +19,8 @@ class DataError(RaylslError):
 
 class ModelError(RaylslError):
     """A model cannot be found, loaded or understood."""
+
+
+class RaylslWarning(UserWarning):
+    """Something the user should know about a run that still goes ahead (weights left unadapted);
+    the CLI shows these while it silences library warnings."""

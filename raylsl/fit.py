@@ -53,6 +53,10 @@ class DoesNotFit(RaylslError):
     """The run cannot fit where it trains; the message names the cheapest change that fits."""
 
 
+class Untraceable(Exception):
+    """A model's training step cannot run on meta tensors (its forward reads values)."""
+
+
 @dataclass(frozen=True)
 class Device:
     """Where the run trains: the kind, one device's memory, how many data-parallel ranks."""
@@ -114,6 +118,9 @@ class Estimate:
     options: list[Option]
     suggestion: Option | None = None
     """The cheapest change that fits, when the configured run does not."""
+    traced: bool = True
+    """False when the model's forward reads tensor values (MoE routing, some encoders): its step
+    cannot run on the meta device, and activations and head are upper bounds from its shapes."""
 
     @property
     def fits(self) -> bool:
@@ -129,6 +136,7 @@ class Estimate:
                     "total": option.total, "fits": option.total <= self.device.usable, "margin": self.margin(option)}
 
         return {"model": self.model, "architecture": self.architecture, "num_blocks": self.num_blocks,
+                "traced": self.traced,
                 "layers": list(self.layers), "layers_known": self.layers_known,
                 "parameters": {"total": self.total_params, "lora": self.lora_params},
                 "sequence": self.sequence, "targets_per_micro_batch": self.targets, "dtype": self.dtype,
@@ -215,12 +223,19 @@ def estimate(config: RunConfig, device: Device, layers: list[int] | None = None,
     peft_model = _with_lora(model, config, layers, blocks_path, blocks, spec.kind, autocast=_autocasts(config, device))
     lora_params = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     steps = _StepTraces(peft_model, blocks, min(layers), encoder, config.train.batch_size, sequence, per_sequence,
-                        config.model.attn_implementation != "eager")
+                        device.kind)
     base = Option(_zero(config), config.model.quantization, _checkpointing_on(config), config.train.loss_chunk,
                   config.train.batch_size)
     state = _State(peft_model, blocks, compute, lora_params, device.ranks)
     compose = lambda option: dataclasses.replace(option, terms=state.terms(option, steps))  # noqa: E731
-    configured = compose(base)
+    traced = True
+    try:
+        configured = compose(base)
+    except Untraceable:  # the forward reads values: bound the step from the blocks' shapes instead
+        traced = False
+        steps = _Bound(peft_model, blocks, min(layers), encoder, sequence, per_sequence,
+                       torch.empty(0, dtype=compute).element_size(), model.config._attn_implementation == "eager")
+        configured = compose(base)
     options = [configured]
     if table:
         for quantization in dict.fromkeys((config.model.quantization, "4bit")):
@@ -232,7 +247,7 @@ def estimate(config: RunConfig, device: Device, layers: list[int] | None = None,
     result = Estimate(config.model.name, getattr(skeleton_config, "model_type", type(model).__name__), len(blocks),
                       tuple(layers), known, total_params, lora_params, sequence,
                       per_sequence * config.train.batch_size, str(compute).removeprefix("torch."), device, configured,
-                      options)
+                      options, traced=traced)
     if not result.fits:
         result.suggestion = _cheapest_fit(base, compose, device, config)
     return result
@@ -293,17 +308,21 @@ def _autocasts(config: RunConfig, device: Device) -> bool:
 
 
 def _meta_model(spec, skeleton_config, dtype: torch.dtype, attention: str):
-    """The model on the meta device at the compute dtype, with sdpa (or eager) attention."""
-    from raylsl.models.registry import _model_class
+    """The model on the meta device at the compute dtype, with sdpa attention (eager when asked,
+    or when the model has no sdpa: a run gets the same)."""
+    import copy
 
-    kernel = "eager" if attention == "eager" else "sdpa"
+    from raylsl.models.registry import model_class
+
+    cls = model_class(spec.kind, skeleton_config)
     with torch.device("meta"):
         try:
-            model = _model_class(spec.kind).from_config(skeleton_config, dtype=dtype, attn_implementation=kernel)
-        except (ValueError, ImportError):  # no sdpa for this model: its default
-            model = _model_class(spec.kind).from_config(skeleton_config, dtype=dtype)
-    model.requires_grad_(False)
-    return model
+            if attention == "eager":
+                raise ValueError("eager asked for")
+            model = cls.from_config(copy.deepcopy(skeleton_config), dtype=dtype, attn_implementation="sdpa")
+        except (ValueError, ImportError):
+            model = cls.from_config(copy.deepcopy(skeleton_config), dtype=dtype, attn_implementation="eager")
+    return model.requires_grad_(False)
 
 
 def _with_lora(model, config: RunConfig, layers: list[int], blocks_path: str, blocks, kind: str, autocast: bool):
@@ -327,9 +346,9 @@ class _StepTraces:
     dimension, and so do the logits unless the head runs in chunks (then they do not shrink)."""
 
     def __init__(self, model, blocks, lowest: int, encoder: bool, batch: int, sequence: int, targets: int,
-                 fused: bool):
+                 device: str):
         self.model, self.blocks, self.lowest = model, blocks, lowest
-        self.encoder, self.batch, self.sequence, self.targets, self.fused = encoder, batch, sequence, targets, fused
+        self.encoder, self.batch, self.sequence, self.targets, self.device = encoder, batch, sequence, targets, device
         self._cache: dict[tuple, int] = {}
 
     def __call__(self, checkpointing: bool, loss_chunk: int, batch: int) -> tuple[int, int]:
@@ -351,7 +370,9 @@ class _StepTraces:
             try:
                 self._cache[key] = trace_step(self.model, self.batch, self.sequence,
                                               self.targets * self.batch if head else 0, self.encoder,
-                                              ENCODER_CHOICES, loss_chunk, self.fused)
+                                              ENCODER_CHOICES, loss_chunk, self.device)
+            except (RuntimeError, NotImplementedError) as exc:  # a kernel or a check that reads values
+                raise Untraceable(str(exc)) from None
             finally:
                 uncheckpoint_blocks(self.blocks)
         return self._cache[key]
@@ -435,19 +456,58 @@ def change_text(base: Option, option: Option) -> str:
 # --- the check before a run --------------------------------------------------------------------
 
 BOUND_PER_WIDTH = 6
-"""A block's activations per token are at most this many elements per unit of its linears' summed
-output width (measured 2-3 on Llama-style blocks with LoRA and dropout, fp32 and bf16)."""
+"""A block's activations per token are at most this many elements per unit of its weights'
+summed output width (measured 2-3 on the families of the architecture matrix, LoRA with dropout,
+fp32 and bf16)."""
 HEAD_BOUND = 16
 """Bytes per (target position x vocabulary entry) the head and loss can hold at once, at most."""
 
 
-def quick_bound(config: RunConfig, device: Device, layers: list[int] | None = None) -> int | None:
+def block_width(block: torch.nn.Module, experts_per_token: int = 1) -> int:
+    """The summed output width of a block's frozen weights: linear layers (``out_features``),
+    GPT-2's Conv1D (``nf``) and fused expert weights (per routed token). Adapters are not counted."""
+    width = 0
+    for module in block.modules():
+        weight = module._parameters.get("weight")  # its own: peft's wrappers only forward the base's
+        if weight is not None and not weight.requires_grad and weight.dim() == 2:
+            width += getattr(module, "out_features", None) or getattr(module, "nf", None) or 0
+        width += sum(p.shape[1] * experts_per_token for p in module._parameters.values()
+                     if p is not None and p.dim() == 3 and not p.requires_grad)
+    return width
+
+
+class _Bound:
+    """Upper bounds of a step's activations and head from the blocks' shapes: the shortcut of the
+    fit check, and the estimate of a model whose forward reads tensor values (which meta tensors
+    do not have, so it cannot be traced)."""
+
+    def __init__(self, model, blocks, lowest: int, encoder: bool, sequence: int, targets: int, size: int,
+                 eager: bool):
+        from raylsl.models.heads import output_head
+
+        config = model.config
+        self.width = max(block_width(b, getattr(config, "num_experts_per_tok", 1)) for b in blocks)
+        self.hidden = model.get_input_embeddings().weight.shape[1]
+        self.heads = getattr(config, "num_attention_heads", 0) if eager else 0
+        self.grad_blocks, self.sequence, self.targets, self.size = len(blocks) - lowest, sequence, targets, size
+        self.choices = ENCODER_CHOICES if encoder else 1
+        self.vocab = 0 if encoder else getattr(output_head(model), "out_features", 0)
+
+    def __call__(self, checkpointing: bool, loss_chunk: int, batch: int) -> tuple[int, int]:
+        tokens = batch * self.sequence * self.choices
+        block = tokens * (BOUND_PER_WIDTH * self.width + 2 * self.heads * self.sequence) * self.size
+        kept = tokens * self.hidden * self.size * self.grad_blocks + block if checkpointing \
+            else block * self.grad_blocks
+        targets = self.targets * batch
+        return kept, (min(targets, loss_chunk) if loss_chunk else targets) * self.vocab * HEAD_BOUND
+
+
+def quick_bound(config: RunConfig, device: Device, layers: list[int] | None = None) -> int:
     """A cheap upper bound of what the run needs per device (weights exact, activations and head
-    bounded from the blocks' widths), so that a run far from its device's limit skips the traced
-    estimate. None when the model's shape cannot be read this way."""
-    from raylsl.models import find_blocks, resolve_model
+    bounded from the blocks' shapes), so that a run far from its device's limit skips the traced
+    estimate."""
+    from raylsl.models import ENCODER, find_blocks, resolve_model
     from raylsl.models.loading import resolve_dtype
-    from raylsl.models.heads import output_head
     from raylsl.models.memory import weight_bytes
 
     spec = resolve_model(config.model.name, config.model.kind)
@@ -455,20 +515,14 @@ def quick_bound(config: RunConfig, device: Device, layers: list[int] | None = No
     dtype = resolve_dtype(config.model, torch.device(device.kind), config.train.precision)
     blocks = find_blocks(model, config.blocks_path)[1]
     layers = layers if layers is not None else planned_layers(config, len(blocks))
-    width = max(sum(m.out_features for m in b.modules() if isinstance(m, torch.nn.Linear)) for b in blocks)
-    if width == 0:
-        return None
     size = max(torch.empty(0, dtype=dtype).element_size(), 4 if config.model.quantization == "none" else 2)
-    tokens = config.train.batch_size * config.data.max_length * (ENCODER_CHOICES if spec.kind == "encoder" else 1)
-    attention = getattr(model.config, "num_attention_heads", 0) * config.data.max_length \
-        if config.model.attn_implementation == "eager" else 0
-    grad_blocks = len(blocks) - min(layers)
-    activations = tokens * grad_blocks * (BOUND_PER_WIDTH * width + 2 * attention) * size
-    head = output_head(model)
-    logits = tokens * getattr(head, "out_features", 0) * HEAD_BOUND if head is not None else 0
-    trainable = sum(m.in_features + m.out_features for b in blocks for m in b.modules()
-                    if isinstance(m, torch.nn.Linear)) * config.lora.r * 20  # fp32 weight, grad, 2 moments, copy
-    return weight_bytes(model, dtype) + activations + logits + trainable
+    sequence = config.data.max_length
+    bound = _Bound(model, blocks, min(layers), spec.kind == ENCODER, sequence, sequence, size,
+                   config.model.attn_implementation == "eager")
+    activations, head = bound(config.train.activation_checkpointing == "on", config.train.loss_chunk,
+                              config.train.batch_size)
+    trainable = sum(sum(p.shape) for b in blocks for p in b.parameters() if p.dim() >= 2) * config.lora.r * 20
+    return weight_bytes(model, dtype) + activations + head + trainable  # 20: fp32 weight, grad, moments, copy
 
 
 def check_fit(config: RunConfig, device: Device | None, layers: list[int] | None = None,
@@ -485,8 +539,7 @@ def check_fit(config: RunConfig, device: Device | None, layers: list[int] | None
         return None if setting == "auto" else setting == "on"
     if not config.fit_check:
         return setting == "on"
-    bound = quick_bound(config, device, layers)
-    if bound is not None and bound <= device.usable:
+    if quick_bound(config, device, layers) <= device.usable:
         return setting == "on"
     off = config if setting != "auto" else _with(config, "train.activation_checkpointing", "off")
     found = estimate(off, device, layers, generative=generative, table=False)

@@ -22,6 +22,19 @@ def test_splits_are_disjoint_deterministic_and_sized(task_file):
     assert other.test != a.test
 
 
+def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path, capsys):
+    from raylsl.cli import main
+
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps({"context": "ok", "choices": ["a", "b"], "label": 1}).encode()
+    path.write_bytes(good + b"\n" + '{"context": "café", "choices": ["a", "b"], "label": 0}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 17\)"):
+        read_examples(_task(path))
+    assert main(["train", "model=tiny-llama", f"task={path}"]) == 2
+    err = capsys.readouterr().err
+    assert "latin1.jsonl:2: not valid UTF-8" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_train_size_caps_only_train(task_file):
     splits = load_task(_task(task_file), DataSettings(test_size=10, val_size=5, train_size=7))
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (7, 5, 10)

@@ -26,7 +26,7 @@ def test_blocks_path_override_and_errors():
 
 
 def test_model_without_blocks_is_a_clear_error():
-    with pytest.raises(ModelError, match="cannot find the transformer blocks.*blocks_path="):
+    with pytest.raises(ModelError, match="cannot train architecture Sequential.*no nn.ModuleList.*blocks_path="):
         find_blocks(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
 
 

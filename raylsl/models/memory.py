@@ -12,11 +12,12 @@ Two parts (`raylsl.fit` puts them together per device, with how ZeRO partitions 
   working memory of forward and backward, the LM head's logits, the gradients. The same mode
   around a real step measures the same quantity (on a CPU, where no allocator reports a peak).
 
-The meta step stands in for a GPU step: the autocast a GPU run uses is emulated by running in the
-compute dtype, and scaled-dot-product attention, which has no meta kernel of the fused kind, is
-replaced by one that keeps what flash and memory-efficient attention keep for backward (query,
-key, value, output and the log-sum-exp). Eager attention runs as it is (it keeps the attention
-matrix, which is the point of measuring it).
+The meta step stands in for the device's step: the autocast a GPU run uses is emulated by running
+in the compute dtype, and scaled-dot-product attention, whose fused kernels have no meta version,
+is replaced by one that keeps what they keep for backward (query, key, value, output and the
+log-sum-exp) wherever the device would run one: always on a GPU (flash, or memory-efficient with
+a mask or dropout), on a CPU only without a mask or dropout (else PyTorch's CPU math path, which
+the meta step then runs too). Eager attention runs as it is (it keeps the attention matrix).
 """
 
 from __future__ import annotations
@@ -96,29 +97,46 @@ class _KeepsWhatFusedAttentionKeeps(torch.autograd.Function):
         return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
-def _fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                     enable_gqa=False):
-    return _KeepsWhatFusedAttentionKeeps.apply(query, key, value)
+SDPA_KERNELS = ("cuda", "cpu", "none")
+"""How a meta step runs scaled-dot-product attention: as a GPU would, as a CPU would, or as the
+meta device does (the math path; what a real step on any device needs no stand-in for)."""
+
+
+def _fused_attention(device: str):
+    plain = F.scaled_dot_product_attention
+
+    def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if device == "cpu" and (attn_mask is not None or dropout_p > 0):  # PyTorch's CPU math path
+            return plain(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                         scale=scale, enable_gqa=enable_gqa)
+        return _KeepsWhatFusedAttentionKeeps.apply(query, key, value)
+
+    return attention
 
 
 @contextmanager
-def meta_forward_patches(fused_attention: bool) -> Iterator[None]:
-    """What a forward on meta tensors needs: no data-dependent check of packed sequences (it reads
-    values), and fused attention's memory behaviour when the run uses a fused kernel."""
+def meta_forward_patches(sdpa: str = "cuda") -> Iterator[None]:
+    """What a forward on meta tensors needs: no checks that read values (packed-sequence detection,
+    GPT-2's padding warning), and the memory of the fused attention kernel ``sdpa`` (a
+    `SDPA_KERNELS` device) would run."""
     import transformers.masking_utils as masking
+    from transformers import PreTrainedModel
 
-    saved = masking.find_packed_sequence_indices, F.scaled_dot_product_attention
+    saved = (masking.find_packed_sequence_indices, F.scaled_dot_product_attention,
+             PreTrainedModel.warn_if_padding_and_no_attention_mask)
     masking.find_packed_sequence_indices = lambda *args, **kwargs: None
-    if fused_attention:
-        F.scaled_dot_product_attention = _fused_attention
+    PreTrainedModel.warn_if_padding_and_no_attention_mask = lambda *args, **kwargs: None
+    if sdpa != "none":
+        F.scaled_dot_product_attention = _fused_attention(sdpa)
     try:
         yield
     finally:
-        masking.find_packed_sequence_indices, F.scaled_dot_product_attention = saved
+        (masking.find_packed_sequence_indices, F.scaled_dot_product_attention,
+         PreTrainedModel.warn_if_padding_and_no_attention_mask) = saved
 
 
 def trace_step(model: nn.Module, batch: int, sequence: int, targets: int, encoder: bool = False,
-               choices: int = 2, loss_chunk: int = 0, fused_attention: bool = True) -> int:
+               choices: int = 2, loss_chunk: int = 0, sdpa: str = "cuda") -> int:
     """Peak live bytes of one training step of ``model`` (built on the meta device, trainable
     parameters marked) on a micro-batch of ``batch`` sequences of ``sequence`` tokens.
 
@@ -126,11 +144,12 @@ def trace_step(model: nn.Module, batch: int, sequence: int, targets: int, encode
         targets: positions the LM head and loss run on (decoders; 0 skips the head); encoders run
             their multiple-choice head over ``choices`` sequences per example.
         loss_chunk: the head and loss in chunks of this many positions (`raylsl.models.heads`).
-        fused_attention: the run's attention kernel is sdpa or flash attention (else eager).
+        sdpa: the device whose scaled-dot-product attention kernels to stand in for on meta tensors
+            (`SDPA_KERNELS`; ``none`` for a step on a real device).
     """
     device = next(model.parameters()).device
     model.train()
-    with meta_forward_patches(fused_attention), LiveBytes() as live:
+    with meta_forward_patches(sdpa), LiveBytes() as live:
         if encoder:
             ids = torch.zeros(batch, choices, sequence, dtype=torch.long, device=device)
             logits = model(input_ids=ids).logits  # no padding mask: its all-ones check reads values

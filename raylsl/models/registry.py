@@ -28,11 +28,9 @@ from torch import nn
 
 from raylsl.errors import ModelError
 from raylsl.fetch import cache_dir, cached_directory, fetch_wheel
+from raylsl.models.architectures import DECODER, ENCODER, model_kind, unsupported
 from raylsl.models.loading import LoadOptions, from_config, from_pretrained, loaded_error
 
-DECODER, ENCODER = "decoder", "encoder"
-_ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2",
-                  "mpnet", "albert"}
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 SHIPPED = {
     "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
@@ -77,14 +75,15 @@ class ModelSpec:
         the model partitioned across the ranks as it loads, so no rank holds all of it.
         """
         options = options or LoadOptions()
-        cls = _model_class(self.kind)
+        config = self.config()
+        cls = model_class(self.kind, config)
         if options.weights == "random":
-            model, tokenizer = from_config(cls, self.config(), options, self.name), self._tokenizer(fallback=True)
+            model, tokenizer = from_config(cls, config, options, self.name), self._tokenizer(fallback=True)
         else:
             try:
                 model = from_pretrained(cls, self.directory(), options, self.name)
                 tokenizer = self._tokenizer()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a directory without a tokenizer
                 raise loaded_error(self.name, exc) from None
         model.eval()
         model.requires_grad_(False)
@@ -109,52 +108,55 @@ class ModelSpec:
         its memory, without reading or allocating its weights (a driver with no GPU plans a run
         for a large model)."""
         config = self.config()
+        cls = model_class(self.kind, config)
         with torch.device("meta"):
-            return _model_class(self.kind).from_config(config).requires_grad_(False)
+            return cls.from_config(config).requires_grad_(False)
 
 
 def resolve_model(name: str, kind: str = "auto") -> ModelSpec:
     """Returns the spec for a named model, a shipped config, a local directory or a hub name.
 
     Args:
-        kind: ``auto`` (from the model's config), ``decoder`` or ``encoder`` (``model.kind``).
+        kind: ``auto`` (a named model's own, else from the model's config: `model_kind`),
+            ``decoder`` or ``encoder`` (``model.kind``).
 
     Raises:
-        ModelError: the name is neither known, nor a directory, nor shaped like a hub id, or its
-            config cannot be read.
+        ModelError: the name is neither known, nor a directory, nor shaped like a hub id, its
+            config cannot be read, or (``auto``) transformers has neither a causal-LM nor a
+            multiple-choice class for it.
     """
-    spec = _spec(name)
-    if kind == "auto":
+    spec = _spec(name, kind)
+    if kind == "auto" or spec.kind == kind:
         return spec
     return ModelSpec(spec.name, kind, spec.directory, spec.config_dir)
 
 
-def _spec(name: str) -> ModelSpec:
+def _spec(name: str, kind: str) -> ModelSpec:
     if name in _NAMED:
         return _NAMED[name]
     if name in SHIPPED:
-        return _shipped(name, SHIPPED[name])
+        return _shipped(name, SHIPPED[name], kind)
     path = Path(name).expanduser()
     if path.is_dir():
-        return _from_config(ModelSpec(name, DECODER, lambda: str(path)))
+        return _with_kind(ModelSpec(name, DECODER, lambda: str(path)), kind)
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
         shipped = next((short for short, hub_id in SHIPPED.items() if hub_id.lower() == name.lower()), None)
         if shipped is not None:  # its config is here: no hub round trip to plan or estimate
-            return _shipped(shipped, name)
-        return _from_config(ModelSpec(name, DECODER, lambda: name))
+            return _shipped(shipped, name, kind)
+        return _with_kind(ModelSpec(name, DECODER, lambda: name), kind)
     raise ModelError(
         f"unknown model '{name}'. Use one of {', '.join(sorted(_NAMED))}, a shipped config "
         f"({', '.join(SHIPPED)}), a local model directory, or a hub name like org/model (needs network "
         f"access to the hub).")
 
 
-def _shipped(short: str, hub_id: str) -> ModelSpec:
-    return _from_config(ModelSpec(short, DECODER, lambda: hub_id, lambda: str(SHIPPED_CONFIGS / short)))
+def _shipped(short: str, hub_id: str, kind: str) -> ModelSpec:
+    return _with_kind(ModelSpec(short, DECODER, lambda: hub_id, lambda: str(SHIPPED_CONFIGS / short)), kind)
 
 
-def _from_config(spec: ModelSpec) -> ModelSpec:
-    """``spec`` with its kind read from its config."""
-    return ModelSpec(spec.name, model_kind(spec.config()), spec.directory, spec.config_dir)
+def _with_kind(spec: ModelSpec, kind: str) -> ModelSpec:
+    """``spec`` of the given kind; under ``auto``, the kind its config reads as."""
+    return ModelSpec(spec.name, model_kind(spec.config()) if kind == "auto" else kind, spec.directory, spec.config_dir)
 
 
 # --- named models --------------------------------------------------------------------------------
@@ -207,15 +209,20 @@ def shipped_directory(digest: str, files: dict[str, bytes]) -> Path:
     return cached_directory(f"models/shipped-{digest}", write, ready="config.json")
 
 
-def _model_class(kind: str):
+def model_class(kind: str, config):
+    """The auto class for ``kind``.
+
+    Raises:
+        ModelError: it has no class for ``config``'s family (``model.kind`` names the wrong one),
+            instead of transformers' ValueError.
+    """
     from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice
 
-    return AutoModelForMultipleChoice if kind == ENCODER else AutoModelForCausalLM
-
-
-def model_kind(config) -> str:
-    """encoder for BERT-family configs (scored with a multiple-choice head), else decoder."""
-    return ENCODER if getattr(config, "model_type", "") in _ENCODER_TYPES else DECODER
+    cls = AutoModelForMultipleChoice if kind == ENCODER else AutoModelForCausalLM
+    if type(config) not in cls._model_mapping:
+        head = "multiple-choice" if kind == ENCODER else "causal-LM"
+        raise unsupported(config, f"model.kind={kind} asks for its {head} class, which transformers does not have")
+    return cls
 
 
 def byte_tokenizer(encoder: bool = False):

@@ -45,11 +45,21 @@ def evaluate_target(target: str | None, overrides: list[str], split: str = "test
     return result
 
 
-def _evaluate_run(run: Storage, scratch: Path, overrides: list[str], split: str, samples: int = 0) -> dict[str, Any]:
+def finished_run_config(run: Storage, scratch: Path) -> Path:
+    """The ``config.yaml`` of a run (its directory or storage) as a local file, downloaded into
+    ``scratch`` from remote storage.
+
+    Raises:
+        ConfigError: the run has no finished adapter.
+    """
     if not run.is_file("adapter/adapter_config.json"):
         raise ConfigError(f"{run.uri} holds no finished adapter (adapter/ is missing); train it to the end, or "
                           f"`raylsl train --resume {run.uri}`")
-    config_path = run.local / "config.yaml" if run.local is not None else run.download("config.yaml", scratch / "config.yaml")
+    return run.local / "config.yaml" if run.local is not None else run.download("config.yaml", scratch / "config.yaml")
+
+
+def _evaluate_run(run: Storage, scratch: Path, overrides: list[str], split: str, samples: int = 0) -> dict[str, Any]:
+    config_path = finished_run_config(run, scratch)
     layers = run.read_json("run.json")["layers"] if run.is_file("run.json") else None
     return evaluate_adapter(load_run_config(config_path, overrides), run.child("adapter"), layers, split,
                             samples=samples)

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from raylsl.errors import ConfigError
+from raylsl.lora import target_layers
 from raylsl.selectors.base import LayerScores, ScoringContext, Selector, register_selector
 from raylsl.selectors.hooks import capture_blocks, token_mask
 
@@ -66,8 +66,7 @@ class _linear_input_hooks:
     """Pre-hooks on each block's LoRA target linears; each target's input counts once per token."""
 
     def __init__(self, ctx: ScoringContext, add):
-        self.targets = [(i, m) for i, block in enumerate(ctx.blocks) for name, m in block.named_modules()
-                        if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in ctx.target_modules]
+        self.targets = [(i, m) for i, block in enumerate(ctx.blocks) for m in target_layers(block, ctx.target_modules)]
         self.add, self.handles = add, []
 
     def __enter__(self):

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from raylsl.errors import ConfigError
 from raylsl.objective import to_device
 from raylsl.selectors.base import Budget, LayerScores, Selector, TrainingContext, register_selector
-from raylsl.selectors.lora_blocks import lora_params_by_block, scaled_lora
+from raylsl.selectors.lora_blocks import lora_params_by_block, require_lora_outputs, scaled_lora
 from raylsl.selectors.plots import plot_trajectory
 from raylsl.callbacks import Callback, LoopState
 
@@ -244,6 +244,7 @@ class ISTCallback(ActiveBlocksCallback):
     def __init__(self, config: ISTConfig, ctx: TrainingContext):
         super().__init__(ctx)
         ISTSelector.require_validation(len(ctx.validation))
+        require_lora_outputs(ctx.model, ISTSelector.name)
         self.config = config
         self.n_update = block_count(config.n_update, ctx.num_blocks, "ist.n_update")
         self.n_probe = block_count(config.n_probe, ctx.num_blocks, "ist.n_probe")

@@ -29,7 +29,7 @@ from raylsl.errors import ConfigError
 from raylsl.lora import apply_lora
 from raylsl.objective import to_device
 from raylsl.selectors.base import Budget, LayerScores, ScoringContext, Selector, choose, register_selector
-from raylsl.selectors.lora_blocks import scaled_lora
+from raylsl.selectors.lora_blocks import require_lora_outputs, scaled_lora
 from raylsl.selectors.runner import examples_fingerprint
 from raylsl.optim import build_optimizer
 from raylsl.data import micro_batches
@@ -99,6 +99,7 @@ class FlexoraSelector(Selector):
         model = apply_lora(ctx.model, list(range(num_blocks)), ctx.lora, ctx.blocks_path, ctx.blocks,
                            ctx.objective.kind)
         try:
+            require_lora_outputs(model, self.name)
             trajectory, seconds, alpha = self._search(model, ctx, num_blocks)
         finally:
             model.unload()  # the base model goes back untouched for the fine-tune stage

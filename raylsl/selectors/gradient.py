@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from raylsl.lora import target_layers
 from raylsl.selectors.base import LayerScores, ScoringContext, Selector, register_selector
 
 
@@ -26,9 +26,7 @@ class GradientSelector(Selector):
     Config = GradientConfig
 
     def score(self, ctx: ScoringContext, num_blocks: int) -> LayerScores:
-        weights = [[m.weight for name, m in block.named_modules()
-                    if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in ctx.target_modules]
-                   for block in ctx.blocks]
+        weights = [[m.weight for m in target_layers(block, ctx.target_modules)] for block in ctx.blocks]
         flat = [w for ws in weights for w in ws]
         for w in flat:
             w.requires_grad_(True)

@@ -16,6 +16,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
+from raylsl.errors import ConfigError
 from raylsl.models import layers_pattern
 
 
@@ -34,6 +35,16 @@ def lora_params_by_block(model: nn.Module, blocks_path: str) -> dict[int, list[n
     """Trainable LoRA parameters of each adapted block."""
     return {i: [p for m in modules for name, p in m.named_parameters() if "lora_" in name and p.requires_grad]
             for i, modules in lora_modules_by_block(model, blocks_path).items()}
+
+
+def require_lora_outputs(model: nn.Module, who: str) -> None:
+    """Raises `ConfigError` when some LoRA has no output to scale: peft folds LoRA on fused expert
+    weights (``lora.target_parameters``) into the weight itself, so `scaled_lora` cannot reach it."""
+    from peft.tuners.lora import ParamWrapper
+
+    if any(isinstance(module, ParamWrapper) for module in model.modules()):
+        raise ConfigError(f"selector={who} scales each block's LoRA output, and LoRA on fused expert weights "
+                          f"(lora.target_parameters) has none: drop lora.target_parameters or choose another selector")
 
 
 @contextmanager

@@ -117,7 +117,7 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
     """Runs ``selector`` on calibration examples drawn (seeded) from the train split and chooses.
 
     Args:
-        target_modules: LoRA target leaf names; None means every linear layer in a block.
+        target_modules: LoRA target leaf names; None: `raylsl.lora.default_target_modules`.
         max_length: the objective's token budget (part of the cache key).
         validation, blocks_path, lora, train_settings: for selectors that train while scoring
             (Flexora's search stage).
@@ -127,7 +127,8 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
     if budget.n is not None and selector.uses_budget:
         budget.count(len(blocks))  # an impossible budget fails before any scoring work
     examples = calibration_sample(train_examples, calibration.size, calibration.seed)
-    targets = tuple(target_modules or default_target_modules(blocks[0]))
+    targets = tuple(target_modules or default_target_modules(blocks, getattr(getattr(model, "config", None),
+                                                                                "model_type", None)))
     ctx = key = None
     if selector.needs_data:
         ctx = ScoringContext(model, blocks, objective, examples, calibration.batch_size, targets, blocks_path,
