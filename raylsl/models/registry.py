@@ -97,11 +97,16 @@ class ModelSpec:
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(self.directory())
+            tokenizer = AutoTokenizer.from_pretrained(self.directory())
         except (OSError, ValueError, TypeError):
             if not fallback:
                 raise
+            tokenizer = None
+        # transformers builds an empty tokenizer of the family's class from a directory that has a
+        # config but no tokenizer files: no vocabulary to speak of, so not one to train with.
+        if fallback and (tokenizer is None or len(tokenizer) < 256):
             return byte_tokenizer(encoder=self.kind == ENCODER)
+        return tokenizer
 
     def skeleton(self) -> nn.Module:
         """The model's module structure on the meta device: enough to find its blocks and estimate

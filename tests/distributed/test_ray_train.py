@@ -57,8 +57,11 @@ def test_ddp_trains_and_saves_a_loadable_adapter(two_workers):
 
 
 def test_one_and_two_workers_with_the_same_global_batch_agree(two_workers):
+    """Also: the one worker recomputes blocks 1-3 in backward (selective activation checkpointing,
+    bit-exact in fp32), the two DDP workers keep their activations."""
     run, two = two_workers
-    one = run("one", workers=1, **{"train.batch_size": 8})
+    one = run("one", workers=1, **{"train.batch_size": 8, "train.activation_checkpointing": "on"})
+    assert one["checkpointed_blocks"] == [1, 2, 3] and two["checkpointed_blocks"] == []
     a, b = _losses(one["run_dir"]), _losses(two["run_dir"])
     assert len(a) == len(b) == STEPS
     # Each rank divides by the global answer-token count / world, so the two runs compute the same
@@ -114,7 +117,11 @@ def test_zero3_loads_partitioned_and_trains_like_zero2(two_workers):
     """ZeRO-1 is covered without Ray (test_zero_dynamic); here ZeRO-2 and ZeRO-3 end to end."""
     run, _ = two_workers
     short = {"train.steps": 3, "train.checkpoint_every": 0}
-    zero2, zero3 = run("ds-zero2", deepspeed="zero2", **short), run("ds-zero3", deepspeed="zero3", **short)
+    # ZeRO-3 with selective checkpointing: non-reentrant recomputation re-gathers the partitioned,
+    # frozen weights in backward (DeepSpeed once raised CheckpointError there).
+    zero2 = run("ds-zero2", deepspeed="zero2", **short)
+    zero3 = run("ds-zero3", deepspeed="zero3", **short, **{"train.activation_checkpointing": "on"})
+    assert zero3["checkpointed_blocks"] == [1, 2, 3]
     for results in (zero2, zero3):
         adapter = _adapter(results["run_dir"])
         assert results["train"]["steps"] == 3
@@ -136,7 +143,9 @@ def test_zero3_loads_partitioned_and_trains_like_zero2(two_workers):
 def test_ist_runs_in_workers_with_rank0_decisions(two_workers, deepspeed):
     run, _ = two_workers
     results = run(f"ist-{deepspeed or 'ddp'}", selector="ist", layers="all", deepspeed=deepspeed,
-                  **{"ist.n_update": 2, "ist.interval": 2, "ist.probe_batch_size": 4, "train.steps": 4})
+                  **{"ist.n_update": 2, "ist.interval": 2, "ist.probe_batch_size": 4, "train.steps": 4,
+                     "train.activation_checkpointing": "on"})
+    assert results["checkpointed_blocks"] == [0, 1, 2, 3]
     record = json.loads((Path(results["run_dir"]) / "ist.json").read_text())
     assert sum(record["steps_trained_per_block"]) == 8 and results["dynamic"]["adapter_params_existing"] > 0
     lrs = [json.loads(line)["lr"] for line in (Path(results["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
