@@ -19,3 +19,7 @@ class DataError(RaylslError):
 
 class ModelError(RaylslError):
     """A model cannot be found, loaded or understood."""
+
+
+class StateError(RaylslError):
+    """A run's or sweep's own state (a file raylsl wrote, its lease) is damaged or held by another process."""

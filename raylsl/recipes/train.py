@@ -47,15 +47,11 @@ def train(config: RunConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def resume(target: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Continues the run in ``target`` (a local run directory or its storage URI) from its newest
-    checkpoint."""
+    """Continues the run in ``target`` (a local run directory or its storage URI) from the newest
+    checkpoint the run directory and the storage hold together (`LocalCheckpoints`)."""
     run = open_run(target)
     config = load_run_config(run.local / "config.yaml")
     layers = run.storage.read_json("run.json")["layers"] if run.storage.is_file("run.json") else None
-    if not config.workers and run.shared and run.storage.exists("checkpoints"):
-        run.storage.download("checkpoints", run.local / "checkpoints")  # another machine's progress
-        if run.storage.is_file(METRICS):
-            run.storage.download(METRICS, run.local / METRICS)
     plan, loaded = build_plan(config, run.local.name, run.storage.uri, layers=layers, keep_model=config.workers == 0)
     return execute(plan, run, loaded, progress)
 
