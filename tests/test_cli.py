@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,26 @@ def test_sweep_and_report_refuse_what_is_not_theirs(tmp_path, capsys):
     assert "is not a raylsl sweep directory" in capsys.readouterr().err
     assert main(["sweep", "--resume", str(tmp_path)]) == 2
     assert "is not a raylsl sweep directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_an_unreachable_ray_address_is_refused_within_seconds(command, tmp_path, task_file, capsys, monkeypatch):
+    """Ray retries an address nothing answers at for minutes; raylsl checks it before it writes anything."""
+    from tests.distributed.two_node import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    out_dir = tmp_path / "runs"
+    if command == "train":
+        args = ["train", "model=tiny-llama", f"task={task_file}", f"output_dir={out_dir}", "workers=1"]
+    else:
+        pytest.importorskip("optuna")
+        space = tmp_path / "space.yaml"
+        space.write_text("parameters: {lora.r: {choices: [2, 4]}}\n")
+        args = ["sweep", str(space), "model=tiny-llama", f"task={task_file}", "--output-dir", str(out_dir)]
+    started = time.perf_counter()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - started < 10
+    assert err.startswith(f"raylsl: error: RAY_ADDRESS={address}: nothing answers") and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()

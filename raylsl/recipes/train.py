@@ -23,6 +23,7 @@ import yaml
 
 from raylsl.assemble import assemble
 from raylsl.config import RunConfig
+from raylsl.distributed.ray_train import check_ray_address
 from raylsl.errors import ConfigError
 from raylsl.plan import Plan, build_plan, load_run_config, local_device
 from raylsl.results import run_results
@@ -39,6 +40,8 @@ RECORDS = ("adapter", METRICS, "ist.json", "ist_importance.png", "lisa.json", *R
 
 def train(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Runs a fresh training run; returns the results also written to ``results.json``."""
+    if config.workers:
+        check_ray_address()
     name = run_name(config)
     run = _new_run_dir(config, name)
     plan, loaded = build_plan(config, name, run.storage.uri, keep_model=config.workers == 0)
@@ -51,6 +54,8 @@ def resume(target: str | Path, progress: bool = True) -> dict[str, Any]:
     checkpoint the run directory and the storage hold together (`LocalCheckpoints`)."""
     run = open_run(target)
     config = load_run_config(run.local / "config.yaml")
+    if config.workers:
+        check_ray_address()
     layers = run.storage.read_json("run.json")["layers"] if run.storage.is_file("run.json") else None
     plan, loaded = build_plan(config, run.local.name, run.storage.uri, layers=layers, keep_model=config.workers == 0)
     return execute(plan, run, loaded, progress)

@@ -33,6 +33,7 @@ import yaml
 
 from raylsl.config import SMOKE_OVERRIDES, with_overrides
 from raylsl.data import GenExample, example_from_record, example_record, read_examples
+from raylsl.distributed.ray_train import check_ray_address
 from raylsl.errors import ConfigError
 from raylsl.plan import build_plan, load_run_config, score_key
 from raylsl.report import SweepReport, load, open_sweep
@@ -68,6 +69,7 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     check_against_config(space, fixed)
     base = load_run_config(str(space.base) if space.base else None, fixed)
     settings = _settings(space, space_path, overrides, trials, concurrency, workers_per_trial, smoke, scheduler)
+    check_ray_address()
     name = name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     run = _new_sweep_dir(Path(output_dir) / name, base.storage, name)
     examples = read_examples(base.task, base.data)
@@ -110,6 +112,7 @@ def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
     checkpoint)."""
     run = open_sweep(target)
     settings = run.storage.read_json("sweep.json")
+    check_ray_address()
     from ray import tune
 
     from raylsl.config import load_config
