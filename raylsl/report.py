@@ -10,11 +10,12 @@ The trials come from what Ray Tune writes as JSON and text into each trial's dir
 in the sweep's storage: ``params.json``, ``result.json``, ``error.txt``), with each trial's final
 checkpoint (its adapter and raylsl's ``results.json``); Tune's pickled trial and experiment states
 are never read, so a report from storage anyone else can write runs no code of theirs. The Optuna
-study is not consulted either, so a trial Optuna lost track of still counts. The metric is the task's (`METRICS`: accuracy for
-multiple choice, exact match or held-out loss for generative tasks), named in the columns
-(``val_acc``, ``val_exact_match``, ``val_loss``, and ``test_*``). The test metric is filled in only for front members, by
-`raylsl.sweep.run.evaluate_front` after the search. ``load`` takes the local sweep directory or the
-sweep's storage URI, so a report can be made from any machine that reads the storage.
+study is not consulted either, so a trial Optuna lost track of still counts. The metric is the
+task's (`METRICS`: accuracy for multiple choice, exact match or held-out loss for generative
+tasks), named in the columns (``val_acc``, ``val_exact_match``, ``val_loss``, and ``test_*``). The
+test metric is filled in only for front members, by `raylsl.sweep.run.evaluate_front` after the
+search. ``load`` takes the local sweep directory or the sweep's storage URI, so a report can be
+made from any machine that reads the storage.
 """
 
 from __future__ import annotations
@@ -367,7 +368,8 @@ def _trial_row(trial: TuneTrial, storage: Storage, stopped=frozenset(), metric: 
     params = trial.params
     last = trial.results[-1] if trial.results else {}
     test = storage.read_json(f"test/{trial.trial_id}.json") if storage.is_file(f"test/{trial.trial_id}.json") else None
-    finished = not trial.error and all(_finite(last.get(k)) for k in objectives(metric)) and last.get("final") is not False
+    finished = (not trial.error and all(_finite(last.get(k)) for k in objectives(metric))
+                and last.get("final") is not False)
     if trial.error:
         status = "ERROR"
     elif finished:
