@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from raylsl.cli import main
+from raylsl.errors import RaylslError
 
 
 @pytest.mark.parametrize("args, message", [
@@ -156,3 +157,38 @@ def test_an_unreachable_ray_address_is_refused_within_seconds(command, tmp_path,
     assert time.perf_counter() - started < 10
     assert err.startswith(f"raylsl: error: RAY_ADDRESS={address}: nothing answers") and len(err.strip().splitlines()) == 1
     assert not out_dir.exists()
+
+
+def test_no_cache_computes_scores_afresh_and_leaves_the_cache_alone(tmp_path, task_file, capsys, monkeypatch):
+    monkeypatch.setenv("RAYLSL_CACHE", str(tmp_path / "cache"))
+    args = ["select", "--model", "tiny-llama", "--task", str(task_file), "--selector", "activation", "--n", "2",
+            "data.test_size=16", "data.val_size=8", f"output_dir={tmp_path}"]
+    assert main([*args, "name=a", "--no-cache"]) == 0
+    assert not (tmp_path / "cache" / "scores").exists()
+    assert main([*args, "name=b"]) == 0 and len(list((tmp_path / "cache" / "scores").glob("*.json"))) == 1
+    assert main([*args, "name=c", "--no-cache"]) == 0
+    assert "(scores from cache)" not in capsys.readouterr().out.split("name=c")[-1]
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_train_and_sweep_take_no_cache_into_their_config(command, tmp_path, monkeypatch):
+    """What --no-cache sets reaches the run config (which the sweep's trials and a resume inherit)."""
+    from raylsl.recipes import train as recipe
+
+    seen = {}
+
+    def stop(config, *args, **kwargs):
+        seen["overrides"] = config if isinstance(config, dict) else {"score_cache": config.score_cache}
+        raise RaylslError("stopped here")
+
+    if command == "train":
+        monkeypatch.setattr(recipe, "train", stop)
+        args = ["train", "model=tiny-llama", "--no-cache"]
+    else:
+        pytest.importorskip("optuna")
+        from raylsl.sweep import run
+
+        monkeypatch.setattr(run, "sweep", lambda space, overrides, **kwargs: stop(overrides))
+        args = ["sweep", str(tmp_path / "space.yaml"), "--no-cache"]
+    assert main(args) == 2
+    assert seen["overrides"]["score_cache"] is False
