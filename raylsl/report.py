@@ -280,7 +280,7 @@ def open_sweep(target: str | Path) -> RunDir:
     if not (local / "sweep.json").is_file():
         raise ConfigError(f"{local} is not a raylsl sweep directory (no sweep.json and tune/); pass the "
                           f"folder that `raylsl sweep` printed")
-    uri = json.loads((local / "sweep.json").read_text()).get("storage_uri")
+    uri = Storage(local).read_json("sweep.json").get("storage_uri")
     return RunDir(local, Storage(uri) if uri and uri != str(local) else None)
 
 

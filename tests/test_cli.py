@@ -192,3 +192,34 @@ def test_train_and_sweep_take_no_cache_into_their_config(command, tmp_path, monk
         args = ["sweep", str(tmp_path / "space.yaml"), "--no-cache"]
     assert main(args) == 2
     assert seen["overrides"]["score_cache"] is False
+
+
+def _run_dir(tmp_path, tiny_config) -> Path:
+    """A run directory as `raylsl train` leaves it: its resolved config.yaml and run.json."""
+    import yaml
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(tiny_config(name="r").to_dict(), sort_keys=False))
+    (run / "run.json").write_text(json.dumps({"status": "failed", "layers": [0, 1, 2, 3]}))
+    return run
+
+
+@pytest.mark.parametrize("damage, args, message", [
+    ("sweep.json", ["report", "{dir}"], "{dir}/sweep.json is damaged (not valid JSON: "),
+    ("run.json", ["train", "--resume", "{dir}"], "{dir}/run.json is damaged (not valid JSON: "),
+    ("config.yaml", ["train", "--resume", "{dir}"], "{dir}/config.yaml must hold a mapping of keys to values"),
+])
+def test_damaged_state_files_are_one_line_naming_the_file(damage, args, message, tmp_path, tiny_config, capsys):
+    run = _run_dir(tmp_path, tiny_config)
+    if damage == "sweep.json":
+        (run / "sweep.json").write_text('{"trials": 4, "metric": "ac')  # cut short by a crash
+    elif damage == "run.json":
+        (run / "run.json").write_text('{"status": "fail')
+    else:
+        (run / "config.yaml").write_text("- model: tiny-llama\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main([a.format(dir=run) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raylsl: error: " + message.format(dir=run)) and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing half-written

@@ -14,6 +14,7 @@ nodes write and where ``--resume`` and ``raylsl eval`` can read them from any ma
 
 from __future__ import annotations
 
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -52,8 +53,7 @@ def train(config: RunConfig, progress: bool = True) -> dict[str, Any]:
 def resume(target: str | Path, progress: bool = True) -> dict[str, Any]:
     """Continues the run in ``target`` (a local run directory or its storage URI) from the newest
     checkpoint the run directory and the storage hold together (`LocalCheckpoints`)."""
-    run = open_run(target)
-    config = load_run_config(run.local / "config.yaml")
+    run, config = open_run(target)
     if config.workers:
         check_ray_address()
     layers = run.storage.read_json("run.json")["layers"] if run.storage.is_file("run.json") else None
@@ -123,27 +123,40 @@ def create_run_dir(config: RunConfig, prefix: str = "") -> RunDir:
     return run
 
 
-def open_run(target: str | Path) -> RunDir:
-    """An existing run, from its local directory or its storage URI (downloaded to ``output_dir``
-    of its config when this machine does not have it)."""
+def open_run(target: str | Path) -> tuple[RunDir, RunConfig]:
+    """An existing run and its checked config, from its local directory or its storage URI
+    (downloaded to ``output_dir`` of its config when this machine does not have it).
+
+    Raises:
+        ConfigError: ``target`` is not a run, or its ``config.yaml`` is damaged (named).
+    """
     if is_remote(target):
         storage = Storage(target)
         if not storage.is_file("config.yaml"):
             raise ConfigError(f"{storage.uri} is not a raylsl run (no config.yaml); pass the URI `raylsl train` printed")
-        config = yaml.safe_load(storage.read_text("config.yaml"))
-        local = Path(config.get("output_dir", "runs")) / Path(storage.uri).name
+        config = _stored_config(storage)
+        local = Path(config.output_dir) / Path(storage.uri).name
         local.mkdir(parents=True, exist_ok=True)
         for name in ("config.yaml", "run.json"):
             if storage.is_file(name):
                 storage.download(name, local / name)
-        return RunDir(local, storage)
+        return RunDir(local, storage), config
     local = Path(target)
     if not (local / "config.yaml").is_file():
         raise ConfigError(f"{local} is not a raylsl run directory (no config.yaml); pass the folder that "
                           f"`raylsl train` printed")
-    config = yaml.safe_load((local / "config.yaml").read_text()) or {}
-    storage = config.get("storage")
-    return RunDir(local, Storage(storage).child(local.name) if storage else None)
+    config = load_run_config(local / "config.yaml")
+    return RunDir(local, Storage(config.storage).child(local.name) if config.storage else None), config
+
+
+def _stored_config(storage: Storage) -> RunConfig:
+    """The checked ``config.yaml`` of the run in ``storage``; an error names its URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = storage.download("config.yaml", Path(tmp) / "config.yaml")
+        try:
+            return load_run_config(path)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(str(path), storage.uri_of("config.yaml"))) from None
 
 
 def write_selection(selection: Selection, run: RunDir) -> None:
