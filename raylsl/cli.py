@@ -22,6 +22,12 @@ def _no_cache(args: argparse.Namespace) -> dict[str, bool]:
     return {"score_cache": False} if args.no_cache else {}
 
 
+def _no_break_lease(args: argparse.Namespace) -> None:
+    if args.break_lease:
+        raise RaylslError("--break-lease goes with --resume: it takes over the lease of a run or sweep whose holder "
+                          "stopped renewing it")
+
+
 def _split_positionals(items: list[str]) -> tuple[str | None, list[str]]:
     if items and "=" not in items[0]:
         return items[0], items[1:]
@@ -38,8 +44,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if source or overrides:
             raise RaylslError("--resume takes the run directory alone; its config.yaml already holds the settings")
-        results = recipe.resume(args.resume, progress=not args.no_progress)
+        results = recipe.resume(args.resume, progress=not args.no_progress, break_lease=args.break_lease)
     else:
+        _no_break_lease(args)
         extra = {**(SMOKE_OVERRIDES if args.smoke else {}), **_no_cache(args)}
         if args.layers is not None:
             overrides = overrides + [f"layers={args.layers}"]
@@ -77,8 +84,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume:
         if source or overrides:
             raise RaylslError("--resume takes the sweep directory alone; its sweep.json already holds the settings")
-        report = run.resume_sweep(args.resume, progress=not args.no_progress)
+        report = run.resume_sweep(args.resume, progress=not args.no_progress, break_lease=args.break_lease)
     else:
+        _no_break_lease(args)
         if source is None:
             raise RaylslError("give a search space file, e.g. `raylsl sweep search_spaces/default.yaml`")
         report = run.sweep(source, {**parse_overrides(overrides), **_no_cache(args)}, trials=args.trials,
@@ -126,7 +134,11 @@ def _print_report(report) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from raylsl.lease import STALE_AFTER_S
+
     parser = argparse.ArgumentParser(prog="raylsl", description="Layer-selective LoRA fine-tuning.")
+    break_lease = (f"with --resume: take over the lease of a process that stopped renewing it for "
+                   f"{STALE_AFTER_S / 60:.0f} min (killed, or its machine lost)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="fine-tune with LoRA on chosen blocks, evaluate before/after")
@@ -136,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--smoke", action="store_true", help="a few steps on a few examples, end to end")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    train.add_argument("--break-lease", action="store_true", help=break_lease)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
@@ -168,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--smoke", action="store_true", help="3 tiny trials: checks the whole path quickly")
     sweep.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep")
     sweep.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    sweep.add_argument("--break-lease", action="store_true", help=break_lease)
     sweep.add_argument("--output-dir", default="runs", help="where the sweep directory goes (default: runs)")
     sweep.add_argument("--name", help="sweep directory name (default: sweep-SPACE-TIME)")
     sweep.add_argument("--no-progress", action="store_true", help="no live trial table")

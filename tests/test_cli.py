@@ -194,13 +194,14 @@ def test_train_and_sweep_take_no_cache_into_their_config(command, tmp_path, monk
     assert seen["overrides"]["score_cache"] is False
 
 
-def _run_dir(tmp_path, tiny_config) -> Path:
-    """A run directory as `raylsl train` leaves it: its resolved config.yaml and run.json."""
+def _run_dir(tmp_path, tiny_config, **overrides) -> Path:
+    """A run directory as `raylsl train` leaves it before its first checkpoint: its resolved
+    config.yaml and run.json."""
     import yaml
 
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(tiny_config(name="r").to_dict(), sort_keys=False))
+    (run / "config.yaml").write_text(yaml.safe_dump(tiny_config(name="r", **overrides).to_dict(), sort_keys=False))
     (run / "run.json").write_text(json.dumps({"status": "failed", "layers": [0, 1, 2, 3]}))
     return run
 

@@ -35,6 +35,7 @@ from raylsl.config import SMOKE_OVERRIDES, with_overrides
 from raylsl.data import GenExample, example_from_record, example_record, read_examples
 from raylsl.distributed.ray_train import check_ray_address
 from raylsl.errors import ConfigError
+from raylsl.lease import Lease
 from raylsl.plan import build_plan, load_run_config, score_key
 from raylsl.report import SweepReport, load, open_sweep
 from raylsl.selectors import LayerScores, build_selector
@@ -81,11 +82,12 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
                                        "workers": settings["workers_per_trial"], "name": None, "tracking": "none"})
     settings.update(study_name=name, storage_uri=run.storage.uri, local_dir=str(run.local.resolve()),
                     baseline=space.baseline(base.lora.r), tracking=base.tracking, tracking_uri=base.tracking_uri)
-    _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
-    scores, settings["selection"] = _score_once(trial_base, space, examples, run)
-    run.write_json("sweep.json", settings)
-    inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, sweep_rungs(settings), settings["metric"])
-    return _fit(run, settings, inputs, progress, restore=False)
+    with Lease.take(run.storage):
+        _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
+        scores, settings["selection"] = _score_once(trial_base, space, examples, run)
+        run.write_json("sweep.json", settings)
+        inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, sweep_rungs(settings), settings["metric"])
+        return _fit(run, settings, inputs, progress, restore=False)
 
 
 def _metric(space: SearchSpace, base, examples: list) -> str:
@@ -106,15 +108,32 @@ def _metric(space: SearchSpace, base, examples: list) -> str:
     return metric
 
 
-def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
+def resume_sweep(target: str | Path, progress: bool = True, break_lease: bool = False) -> SweepReport:
     """Continues an interrupted sweep (its local directory or storage URI): finished trials are
     kept, unfinished ones run again (a trial that had started training continues from its newest
-    checkpoint)."""
+    checkpoint).
+
+    Args:
+        break_lease: take over the sweep's lease when its holder stopped renewing it (`raylsl.lease`).
+
+    Raises:
+        StateError: another process works on the sweep (its lease is held).
+    """
     run = open_sweep(target)
     settings = run.storage.read_json("sweep.json")
     check_ray_address()
-    from ray import tune
+    with Lease.take(run.storage, break_stale=break_lease):
+        inputs = _stored_inputs(run, settings)
+        _start_ray(settings["workers_per_trial"], progress)
+        from ray import tune
 
+        if not tune.Tuner.can_restore(run.storage.uri_of("tune")):
+            raise ConfigError(f"{run.storage.uri}: the sweep stopped before Ray Tune saved any state; start it again")
+        return _fit(run, settings, inputs, progress, restore=True)
+
+
+def _stored_inputs(run: RunDir, settings: dict[str, Any]) -> SweepInputs:
+    """What the trials of a sweep get, as the sweep's storage keeps it."""
     from raylsl.config import load_config
 
     with _scratch_file(run.storage, "base_config.yaml") as path:
@@ -122,11 +141,7 @@ def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
     examples = [example_from_record(r) for r in run.storage.read_json("examples.json")]
     scores = {name[:-5]: LayerScores.from_dict(run.storage.read_json(f"scores/{name}"))
               for name in run.storage.listdir("scores") if name.endswith(".json")}
-    _start_ray(settings["workers_per_trial"], progress)
-    if not tune.Tuner.can_restore(run.storage.uri_of("tune")):
-        raise ConfigError(f"{run.storage.uri}: the sweep stopped before Ray Tune saved any state; start it again")
-    inputs = SweepInputs(base, run.storage.uri, examples, scores, sweep_rungs(settings), settings.get("metric", "acc"))
-    return _fit(run, settings, inputs, progress, restore=True)
+    return SweepInputs(base, run.storage.uri, examples, scores, sweep_rungs(settings), settings.get("metric", "acc"))
 
 
 def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, workers_per_trial,
