@@ -43,7 +43,7 @@ from raylsl.storage import RunDir, Storage
 from raylsl.tracking import MLFLOW_DIR, sweep_callbacks
 from raylsl.sweep.progress import TrialProgress
 from raylsl.sweep.scheduler import sweep_rungs, sweep_scheduler
-from raylsl.sweep.search import searcher
+from raylsl.sweep.search import public_url, searcher
 from raylsl.sweep.space import SearchSpace, check_against_config, load_space, scheduler_name, trial_overrides
 from raylsl.sweep.trial import SweepInputs, run_trial
 
@@ -87,7 +87,7 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
         scores, settings["selection"] = _score_once(trial_base, space, examples, run)
         run.write_json("sweep.json", settings)
         inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, sweep_rungs(settings), settings["metric"])
-        return _fit(run, settings, inputs, progress, restore=False)
+        return _fit(run, settings, inputs, progress, restore=False, optuna_url=space.optuna_storage)
 
 
 def _metric(space: SearchSpace, base, examples: list) -> str:
@@ -154,7 +154,7 @@ def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, wo
         "workers_per_trial": space.workers_per_trial if workers_per_trial is None else workers_per_trial,
         "cpus_per_trial": space.cpus_per_trial, "gpus_per_trial": space.gpus_per_trial, "sampler": space.sampler,
         "n_startup_trials": space.n_startup_trials, "population_size": space.population_size, "seed": space.seed,
-        "optuna_storage": space.optuna_storage,
+        "optuna_storage": space.optuna_storage and public_url(space.optuna_storage),
         "scheduler": space.scheduler if scheduler is None else scheduler_name("--scheduler", scheduler),
         "eta": space.eta, "rungs": space.rungs,
     }
@@ -191,9 +191,12 @@ def _create_sweep_dir(run: RunDir, space: SearchSpace, space_path, base, example
 
 def _portable_space(space_path: Path) -> str:
     """The space file as the sweep keeps it: without ``base``, which is relative to where the file
-    was (the resolved base run config is ``base_config.yaml``), so that it loads from any machine."""
+    was (the resolved base run config is ``base_config.yaml``), so that it loads from any machine,
+    and without the password of ``optuna_storage``."""
     raw = yaml.safe_load(space_path.read_text()) or {}
     raw.pop("base", None)
+    if raw.get("optuna_storage"):
+        raw["optuna_storage"] = public_url(raw["optuna_storage"])
     return (f"# {space_path.name} as this sweep runs it; its base run config, resolved, is base_config.yaml\n"
             + yaml.safe_dump(raw, sort_keys=False))
 
@@ -232,7 +235,10 @@ def _num_blocks(inputs: SweepInputs) -> int | None:
     return next((len(s.scores) for s in inputs.scores.values()), None)
 
 
-def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: bool, restore: bool) -> SweepReport:
+def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: bool, restore: bool,
+         optuna_url: str | None = None) -> SweepReport:
+    """Runs (or, with ``restore``, continues) the Tune experiment, then writes the report.
+    ``optuna_url``: the space file's ``optuna_storage``, password included (a fresh sweep's)."""
     import os
 
     from ray import tune
@@ -251,7 +257,7 @@ def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: b
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher(space, settings, points, run.storage.uri,
-                                                            num_blocks=_num_blocks(inputs)),
+                                                            num_blocks=_num_blocks(inputs), storage_url=optuna_url),
                                         scheduler=sweep_scheduler(settings, run.storage.uri),
                                         num_samples=settings["trials"], max_concurrent_trials=settings["concurrency"]),
             run_config=tune.RunConfig(name="tune", storage_path=run.storage.uri, verbose=1 if progress else 0,
