@@ -45,7 +45,9 @@ OUTCOME = "outcome.json"
 
 def init_ray(progress: bool, num_cpus: int | None = None) -> None:
     """Joins ``RAY_ADDRESS`` when set, else starts a fresh local Ray (never a head some earlier
-    ``ray start`` left recorded on this machine)."""
+    ``ray start`` left recorded on this machine). A local Ray's servers listen on all of the
+    machine's addresses (Ray offers no setting to bind them to loopback), behind Ray's token
+    authentication, on by default since Ray 2.52 (docs/trust-and-failure.md)."""
     import ray
 
     if ray.is_initialized():
