@@ -141,7 +141,8 @@ class LocalCheckpoints:
 
     def list(self) -> list[Path]:
         """The complete checkpoints in the run directory, oldest first."""
-        return [p for p in sorted(self.root.glob("step-*")) if is_complete(Storage(self.root), p.name)]
+        here = Storage(self.root)
+        return [p for p in sorted(self.root.glob("step-*")) if is_complete(here, p.name)]
 
     def peek(self) -> dict[str, Any] | None:
         """The newest readable checkpoint's ``extra`` values, without restoring anything."""
