@@ -23,6 +23,7 @@ def _no_cache(args: argparse.Namespace) -> dict[str, bool]:
 
 
 def _no_break_lease(args: argparse.Namespace) -> None:
+    """Refuses --break-lease without --resume (a new run or sweep has no lease to break)."""
     if args.break_lease:
         raise RaylslError("--break-lease goes with --resume: it takes over the lease of a run or sweep whose holder "
                           "stopped renewing it")

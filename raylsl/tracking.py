@@ -10,13 +10,13 @@ SQLite store ``RUN_DIR/mlflow/mlflow.db``), which works offline. A Ray Train wor
 own run directory, which comes back to the driver in the run's final checkpoint like every other
 record; every checkpoint carries these records too, so a restarted worker (or a run resumed on
 another machine) continues them, in the same MLflow run. A ``tracking_uri`` given explicitly (an
-MLflow server, ``http://host:5000``) must be one rank 0's node reaches.
+MLflow server, ``http://host:5000``) must be one rank 0's node reaches. ``tensorboard --logdir
+RUN_DIR`` or ``mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow/mlflow.db`` shows it.
 
 Tracking never stops training: the first error of a tracker (a server that is down, a full disk)
 is reported in one line and switches tracking off for the rest of the run. MLflow's client would
 retry a server that does not answer for minutes; raylsl lowers that to seconds unless the user
-set ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``/``_TIMEOUT`` (`MLFLOW_PATIENCE`). ``tensorboard --logdir RUN_DIR`` or
-``mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow/mlflow.db`` shows it.
+set ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``/``_TIMEOUT`` (`MLFLOW_PATIENCE`).
 
 Sweeps do not use these trackers: Ray Tune logs every trial's reports itself (TensorBoard files in
 ``tune/``; with ``tracking=mlflow``, Tune's ``MLflowLoggerCallback``, one MLflow run per trial

@@ -51,7 +51,7 @@ def test_a_wheel_that_is_not_the_pinned_file_is_refused_and_not_kept(wheel, tmp_
     with zipfile.ZipFile(other, "w") as zf:
         zf.writestr("fake_wheel/data.txt", "y")
     served["path"] = other
-    with pytest.raises(RaylslError, match=r"wheel pip downloaded has sha256 \w+, not the pinned \w+\. Run `pip download"):
+    with pytest.raises(RaylslError, match=r"pip downloaded has sha256 \w+, not the pinned \w+\. Run `pip download"):
         fetch.fetch_wheel("fake-wheel", "1.0")
     assert not list((fetch.cache_dir() / "wheels").glob("*.whl"))
 

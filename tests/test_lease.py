@@ -34,7 +34,7 @@ def test_a_held_lease_refuses_a_second_holder_until_released(tmp_path):
 def test_a_stale_lease_is_broken_only_on_request_and_a_live_one_never(tmp_path):
     storage = Storage(tmp_path)
     _foreign(storage, age_s=3600)
-    with pytest.raises(StateError, match=r"leased by ana@gpu-7 \(pid 4242\) .* 60 min ago: .* rerun with --break-lease"):
+    with pytest.raises(StateError, match=r"leased by ana@gpu-7 \(pid 4242\) .* 60 min ago: .* --break-lease"):
         Lease.take(storage)
     Lease.take(storage, break_stale=True).release()
     _foreign(storage, age_s=10)

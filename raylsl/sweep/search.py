@@ -216,7 +216,8 @@ class PasswordFreeRDBStorage(optuna.storages.RDBStorage):
     def __setstate__(self, state: dict[str, Any]) -> None:
         password = os.environ.get(PASSWORD_ENV)
         if password:
-            state = {**state, "url": make_url(state["url"]).set(password=password).render_as_string(hide_password=False)}
+            url = make_url(state["url"]).set(password=password)
+            state = {**state, "url": url.render_as_string(hide_password=False)}
         super().__setstate__(state)
 
 

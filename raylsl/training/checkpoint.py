@@ -4,7 +4,7 @@ metrics log so far and the tracking records (TensorBoard events, the MLflow stor
 
 Everything is written with ``torch.save`` of tensors, numbers, strings, lists and dicts, and read
 back with ``torch.load(weights_only=True)``: a checkpoint from shared storage cannot run code.
-(DeepSpeed's own optimizer-state files are read by DeepSpeed: `raylsl.distributed.deepspeed_engine`.)
+(DeepSpeed's own optimizer-state files are read weights-only too: `raylsl.distributed.deepspeed_engine`.)
 
 `LocalCheckpoints` keeps them in ``RUN_DIR/checkpoints/step-000050/``. A checkpoint counts only once
 its completion marker (``COMPLETE.json``, listing every other file and its size) is in place: the
@@ -77,11 +77,12 @@ def write_checkpoint(directory: Path, step: int, engine, callbacks=(), rank: int
     if rank == 0:
         torch.save({"step": step, "callbacks": [cb.state_dict() for cb in callbacks], "extra": extra or {}},
                    directory / "trainer_state.pt")
-        if records is not None and (records / METRICS).is_file():
-            shutil.copyfile(records / METRICS, directory / METRICS)
-        for name in RECORD_DIRS if records is not None else ():
-            if (records / name).is_dir():
-                shutil.copytree(records / name, directory / name)
+        if records is not None:
+            if (records / METRICS).is_file():
+                shutil.copyfile(records / METRICS, directory / METRICS)
+            for name in RECORD_DIRS:
+                if (records / name).is_dir():
+                    shutil.copytree(records / name, directory / name)
 
 
 def read_checkpoint(directory: Path, engine, callbacks=(), rank: int = 0, records: Path | None = None) -> int:
@@ -208,8 +209,8 @@ class LocalCheckpoints:
 
     def _newest_first(self) -> Iterator[Path]:
         """The complete checkpoints of the run directory and of its storage together, newest first;
-        one that only storage has (another machine's progress) is downloaded when reached. Nothing
-        local is deleted or replaced: storage may be behind."""
+        one that only storage has (another machine's progress) is downloaded when reached. No
+        complete local checkpoint is deleted or replaced: storage may be behind."""
         local = {p.name: p for p in self.list()}
         stored = set()
         if self.mirror is not None:

@@ -191,7 +191,8 @@ def _pip_requirements() -> dict[str, list[str]]:
     job = _load("kuberay-rayjob.yaml")
     found = {"kuberay-rayjob.yaml": yaml.safe_load(job["spec"]["runtimeEnvYAML"])["pip"]}
     commands = " ".join(_load("ray-cluster.yaml")["setup_commands"])
-    found["ray-cluster.yaml"] = [arg for arg in shlex.split(commands.split("pip install", 1)[1]) if not arg.startswith("-")]
+    installed = shlex.split(commands.split("pip install", 1)[1])
+    found["ray-cluster.yaml"] = [arg for arg in installed if not arg.startswith("-")]
     shown = [line[2:] for line in (CLUSTER / "runtime_env.yaml").read_text().splitlines() if line.startswith("# pip:")]
     found["runtime_env.yaml"] = yaml.safe_load(shown[0])["pip"]
     return found
