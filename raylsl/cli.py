@@ -14,6 +14,20 @@ import warnings
 
 from raylsl.errors import RaylslError, RaylslWarning
 
+NO_CACHE_HELP = "compute block scores afresh: neither read nor write the score cache"
+
+
+def _no_cache(args: argparse.Namespace) -> dict[str, bool]:
+    """The run-config override ``--no-cache`` stands for."""
+    return {"score_cache": False} if args.no_cache else {}
+
+
+def _no_break_lease(args: argparse.Namespace) -> None:
+    """Refuses --break-lease without --resume (a new run or sweep has no lease to break)."""
+    if args.break_lease:
+        raise RaylslError("--break-lease goes with --resume: it takes over the lease of a run or sweep whose holder "
+                          "stopped renewing it")
+
 
 def _split_positionals(items: list[str]) -> tuple[str | None, list[str]]:
     if items and "=" not in items[0]:
@@ -31,9 +45,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if source or overrides:
             raise RaylslError("--resume takes the run directory alone; its config.yaml already holds the settings")
-        results = recipe.resume(args.resume, progress=not args.no_progress)
+        results = recipe.resume(args.resume, progress=not args.no_progress, break_lease=args.break_lease)
     else:
-        extra = dict(SMOKE_OVERRIDES) if args.smoke else {}
+        _no_break_lease(args)
+        extra = {**(SMOKE_OVERRIDES if args.smoke else {}), **_no_cache(args)}
         if args.layers is not None:
             overrides = overrides + [f"layers={args.layers}"]
         config = load_run_config(source, [f"{k}={v}" for k, v in extra.items()] + overrides)
@@ -48,7 +63,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     source, overrides = _split_positionals(args.items)
     flags = {"model": args.model, "task": args.task, "selector": args.selector, "n": args.n}
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + overrides
+    overrides = [f"{k}={v}" for k, v in {**flags, **_no_cache(args)}.items() if v is not None] + overrides
     selection, run_dir = recipe.select(load_run_config(source, overrides))
     print(recipe.summary(selection, run_dir))
     return 0
@@ -87,13 +102,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume:
         if source or overrides:
             raise RaylslError("--resume takes the sweep directory alone; its sweep.json already holds the settings")
-        report = run.resume_sweep(args.resume, progress=not args.no_progress)
+        report = run.resume_sweep(args.resume, progress=not args.no_progress, break_lease=args.break_lease)
     else:
+        _no_break_lease(args)
         if source is None:
             raise RaylslError("give a search space file, e.g. `raylsl sweep search_spaces/default.yaml`")
-        report = run.sweep(source, parse_overrides(overrides), trials=args.trials, concurrency=args.concurrency,
-                           workers_per_trial=args.workers_per_trial, smoke=args.smoke, output_dir=args.output_dir,
-                           name=args.name, progress=not args.no_progress, scheduler=args.scheduler)
+        report = run.sweep(source, {**parse_overrides(overrides), **_no_cache(args)}, trials=args.trials,
+                           concurrency=args.concurrency, workers_per_trial=args.workers_per_trial, smoke=args.smoke,
+                           output_dir=args.output_dir, name=args.name, progress=not args.no_progress,
+                           scheduler=args.scheduler)
     _print_report(report)
     return 0
 
@@ -139,7 +156,11 @@ def _print_report(report) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from raylsl.lease import STALE_AFTER_S
+
     parser = argparse.ArgumentParser(prog="raylsl", description="Layer-selective LoRA fine-tuning.")
+    break_lease = (f"with --resume: take over the lease of a process that stopped renewing it for "
+                   f"{STALE_AFTER_S / 60:.0f} min (killed, or its machine lost)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="fine-tune with LoRA on chosen blocks, evaluate before/after")
@@ -148,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layers", help="blocks to adapt: all, 15-29, 0,3,7 (same as layers=...)")
     train.add_argument("--smoke", action="store_true", help="a few steps on a few examples, end to end")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    train.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    train.add_argument("--break-lease", action="store_true", help=break_lease)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
@@ -158,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--task", help="task name or file (same as task=...)")
     select.add_argument("--selector", help="selector name (same as selector=...)")
     select.add_argument("--n", help="block count (15) or fraction (0.5) (same as n=...)")
+    select.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     select.set_defaults(func=cmd_select)
 
     estimate = sub.add_parser("estimate", help="memory a run needs per GPU, from the model's config alone (no "
@@ -199,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "space file's)")
     sweep.add_argument("--smoke", action="store_true", help="3 tiny trials: checks the whole path quickly")
     sweep.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep")
+    sweep.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    sweep.add_argument("--break-lease", action="store_true", help=break_lease)
     sweep.add_argument("--output-dir", default="runs", help="where the sweep directory goes (default: runs)")
     sweep.add_argument("--name", help="sweep directory name (default: sweep-SPACE-TIME)")
     sweep.add_argument("--no-progress", action="store_true", help="no live trial table")

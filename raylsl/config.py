@@ -278,6 +278,9 @@ class RunConfig:
     """Where tracking writes: a directory (tensorboard) or an MLflow tracking URI (``http://...``,
     ``sqlite:///...``). None: inside the run or sweep directory (with Ray Train workers, the records
     come back in the final checkpoint; a location given here must be one rank 0's node reaches)."""
+    score_cache: bool = True
+    """Read and write the block-score cache (``~/.cache/raylsl/scores``); false (``--no-cache``)
+    computes the scores afresh and leaves the cache alone."""
 
     def __post_init__(self) -> None:
         if self.selector is not None and self.layers != "all":

@@ -21,6 +21,10 @@ class ModelError(RaylslError):
     """A model cannot be found, loaded or understood."""
 
 
+class StateError(RaylslError):
+    """A run's or sweep's own state (a file raylsl wrote, its lease) is damaged or held by another process."""
+
+
 class RaylslWarning(UserWarning):
     """Something the user should know about a run that still goes ahead (weights left unadapted);
     the CLI shows these while it silences library warnings."""

@@ -195,8 +195,8 @@ def _select(config: RunConfig, selector, kind: str, loaded, blocks, blocks_path:
     objective = run_objective(kind, tokenizer, config, task.generative)
     return select_blocks(model, blocks, objective, task.train, selector,
                          budget, config.calibration, config.lora.target_modules, config.data.max_length,
-                         validation=task.validation, blocks_path=blocks_path, lora=config.lora,
-                         train_settings=config.train)
+                         use_cache=config.score_cache, validation=task.validation, blocks_path=blocks_path,
+                         lora=config.lora, train_settings=config.train)
 
 
 def load_base(spec: ModelSpec, config: RunConfig, device: torch.device,

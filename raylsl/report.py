@@ -6,19 +6,23 @@
     report.plot("front.png")
     report.recommend(eps=0.01)  # the fewest parameters within eps of all blocks, with bootstrap intervals
 
-The trials come from Ray Tune's own records of the experiment (``tune/`` in the sweep's storage),
-with each trial's final checkpoint (its adapter and results); the Optuna study is not consulted, so
-a trial Optuna lost track of still counts. The metric is the task's (`METRICS`: accuracy for
-multiple choice, exact match or held-out loss for generative tasks), named in the columns
-(``val_acc``, ``val_exact_match``, ``val_loss``, and ``test_*``). The test metric is filled in only for front members, by
-`raylsl.sweep.run.evaluate_front` after the search. ``load`` takes the local sweep directory or the
-sweep's storage URI, so a report can be made from any machine that reads the storage.
+The trials come from what Ray Tune writes as JSON and text into each trial's directory (``tune/``
+in the sweep's storage: ``params.json``, ``result.json``, ``error.txt``), with each trial's final
+checkpoint (its adapter and raylsl's ``results.json``); Tune's pickled trial and experiment states
+are never read, so a report from storage anyone else can write runs no code of theirs. The Optuna
+study is not consulted either, so a trial Optuna lost track of still counts. The metric is the
+task's (`METRICS`: accuracy for multiple choice, exact match or held-out loss for generative
+tasks), named in the columns (``val_acc``, ``val_exact_match``, ``val_loss``, and ``test_*``). The
+test metric is filled in only for front members, by `raylsl.sweep.run.evaluate_front` after the
+search. ``load`` takes the local sweep directory or the sweep's storage URI, so a report can be
+made from any machine that reads the storage.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -280,7 +284,7 @@ def open_sweep(target: str | Path) -> RunDir:
     if not (local / "sweep.json").is_file():
         raise ConfigError(f"{local} is not a raylsl sweep directory (no sweep.json and tune/); pass the "
                           f"folder that `raylsl sweep` printed")
-    uri = json.loads((local / "sweep.json").read_text()).get("storage_uri")
+    uri = Storage(local).read_json("sweep.json").get("storage_uri")
     return RunDir(local, Storage(uri) if uri and uri != str(local) else None)
 
 
@@ -292,62 +296,106 @@ def load(target: str | Path) -> SweepReport:
     stopped = set(run.storage.read_json(SCHEDULER_STATE)["stopped"]) if run.storage.is_file(SCHEDULER_STATE) else set()
     settings = run.storage.read_json("sweep.json")
     metric = settings.get("metric", "acc")
-    rows = [_trial_row(trial, run.storage, frame, stopped, metric) for trial, frame in _tune_trials(run.storage)]
+    rows = [_trial_row(trial, run.storage, stopped, metric) for trial in tune_trials(run.storage)]
     trials = pd.DataFrame(rows, columns=columns(metric)).sort_values("trial", kind="stable").reset_index(drop=True)
     return SweepReport(run.local, trials, settings.get("trials"), run.storage, metric)
 
 
-def _tune_trials(storage: Storage) -> list:
-    """Tune's trials with each one's results (a DataFrame, one row per report)."""
-    from ray.tune import ExperimentAnalysis
-
-    if not any(name.startswith("experiment_state-") for name in storage.listdir("tune")):
-        return []  # stopped before Tune saved anything
-    analysis = ExperimentAnalysis(storage.uri_of("tune"))
-    return [(trial, analysis.trial_dataframes.get(trial.trial_id)) for trial in analysis.trials]
+TRIAL_DIR = re.compile(r".+?_(?P<trial_id>[0-9a-f]{8})_(?P<number>\d+)(?:_|$)")
+"""A Tune trial directory's name: ``TRAINABLE_TRIALID_EXPERIMENTTAG_DATE``, the experiment tag
+opening with the trial's number."""
 
 
-def _curve(frame, key: str = "val_acc") -> str:
+@dataclass(frozen=True)
+class TuneTrial:
+    """One trial as its directory records it in JSON and text."""
+
+    number: int
+    """Its position in the sweep (1, 2, ...)."""
+    trial_id: str
+    params: dict[str, Any]
+    """The sampled configuration (``params.json``)."""
+    results: list[dict[str, Any]]
+    """Every report, oldest first (``result.json``, one JSON object a line)."""
+    error: str
+    """The last line of ``error.txt``; empty when the trial did not fail."""
+    checkpoint: str
+    """URI of the checkpoint the last report carried (empty when it carried none)."""
+
+
+def tune_trials(storage: Storage) -> list[TuneTrial]:
+    """The trials of the sweep whose storage is ``storage``, from their directories in ``tune/``."""
+    trials = []
+    for name in storage.listdir("tune"):
+        match = TRIAL_DIR.match(name)
+        if match is None:  # the experiment's own state files
+            continue
+        rel = f"tune/{name}"
+        params = storage.read_json(f"{rel}/params.json") if storage.is_file(f"{rel}/params.json") else {}
+        results = _json_lines(storage.read_text(f"{rel}/result.json")) if storage.is_file(f"{rel}/result.json") else []
+        error = ""
+        if storage.is_file(f"{rel}/error.txt"):
+            lines = [line for line in storage.read_text(f"{rel}/error.txt").strip().splitlines() if line.strip()]
+            error = lines[-1] if lines else "failed"
+        last = (results or [{}])[-1].get("checkpoint_dir_name")
+        trials.append(TuneTrial(int(match["number"]), match["trial_id"], params, results, error,
+                                storage.uri_of(f"{rel}/{last}") if last else ""))
+    return trials
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file; a line a crash cut short is left out."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def _curve(results: list[dict[str, Any]], key: str = "val_acc") -> str:
     """A trial's validation metric by step, as JSON ``[[step, value], ...]``: its evaluations
     during training (``train.eval_every``, the scheduler's rungs) and its final one."""
-    if frame is None or key not in getattr(frame, "columns", ()) or "step" not in frame.columns:
-        return "[]"
-    rows = frame[frame[key].notna() & frame["step"].notna()]
-    return json.dumps([[int(step), round(float(value), 6)] for step, value in zip(rows["step"], rows[key])])
+    return json.dumps([[int(r["step"]), round(float(r[key]), 6)] for r in results
+                       if _finite(r.get(key)) and _finite(r.get("step"))])
 
 
-def trial_number(trial) -> int:
+def trial_number(experiment_tag: str) -> int:
     """A Tune trial's position in the sweep (1, 2, ...), from its experiment tag."""
-    return int(str(trial.experiment_tag).split("_")[0])
+    return int(str(experiment_tag).split("_")[0])
 
 
-def _trial_row(trial, storage: Storage, frame=None, stopped=frozenset(), metric: str = "acc") -> dict:
-    """One trial: Tune's status, config, last result, its curve and final checkpoint."""
-    params = dict(trial.config)
-    last = trial.last_result or {}
-    checkpoint = _uri(trial.checkpoint) if trial.checkpoint is not None else ""
+def _trial_row(trial: TuneTrial, storage: Storage, stopped=frozenset(), metric: str = "acc") -> dict:
+    """One trial: its status, config, last result, its curve and final checkpoint. A trial is
+    finished when its last report is its final one with both objectives finite."""
+    params = trial.params
+    last = trial.results[-1] if trial.results else {}
     test = storage.read_json(f"test/{trial.trial_id}.json") if storage.is_file(f"test/{trial.trial_id}.json") else None
-    status = trial.status
-    error = _error_message(trial)
-    finished = status == "TERMINATED" and all(_finite(last.get(k)) for k in objectives(metric)) \
-        and last.get("final") is not False
-    if last.get("infeasible"):
+    finished = (not trial.error and all(_finite(last.get(k)) for k in objectives(metric))
+                and last.get("final") is not False)
+    error = trial.error
+    if last.get("infeasible"):  # refused by the fit check before it loaded anything
         status, error = INFEASIBLE, last.get("error", "")
-    elif trial.trial_id in stopped and not finished:  # the scheduler stopped it: its metrics at that rung
+    elif trial.error:
+        status = "ERROR"
+    elif finished:
+        status = "TERMINATED"
+    elif trial.trial_id in stopped:  # the scheduler stopped it: its metrics at that rung
         status = STOPPED
-    elif status == "TERMINATED" and not finished:
-        status, error = "ERROR", error or f"the trial reported no finite validation {LABELS[metric]} / parameter count"
+    else:  # still running, or interrupted with the sweep
+        status = "RUNNING" if trial.results else "PENDING"
     selector = params.get("selector", "all")
     return {
-        "trial": trial_number(trial), "trial_id": trial.trial_id, "status": status,
+        "trial": trial.number, "trial_id": trial.trial_id, "status": status,
         "selector": selector,
         "n": params.get("n") if selector != "all" else None, "rank": last.get("rank", params.get("lora.r")),
         "blocks": last.get("blocks", ""), "trainable_params": last.get("trainable_params", math.nan),
         "pct_of_all_blocks": last.get("pct_of_all_blocks", math.nan), f"val_{metric}": last.get(f"val_{metric}", math.nan),
         f"test_{metric}": test.get(metric, math.nan) if test else math.nan,
         "train_time_s": last.get("train_time_s", math.nan), "selection_time_s": last.get("selection_time_s", math.nan),
-        "checkpoint": checkpoint if finished else "", "params": json.dumps(params, sort_keys=True), "error": error,
-        "curve": _curve(frame, f"val_{metric}"),
+        "checkpoint": trial.checkpoint if finished else "", "params": json.dumps(params, sort_keys=True),
+        "error": error, "curve": _curve(trial.results, f"val_{metric}"),
     }
 
 
@@ -390,27 +438,6 @@ def _interval(samples: np.ndarray) -> tuple[float, float]:
 
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _uri(checkpoint) -> str:
-    """A Ray checkpoint's location as a URI raylsl's `Storage` reads."""
-    scheme = {"s3": "s3://", "gcs": "gs://"}.get(checkpoint.filesystem.type_name, "")
-    return scheme + checkpoint.path
-
-
-def _error_message(trial) -> str:
-    if trial.status != "ERROR":
-        return ""
-    name = trial.run_metadata.error_filename
-    if not name:
-        return "failed (no error recorded)"
-    try:
-        with trial.storage.storage_filesystem.open_input_stream(f"{trial.storage.trial_fs_path}/{name}") as fh:
-            text = fh.read().decode()
-    except OSError:
-        return "failed (no error recorded)"
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "failed"
 
 
 def _count_label(value: float, _position=None) -> str:

@@ -7,8 +7,9 @@ reached by setting ``AWS_ENDPOINT_URL`` for every process (the driver and each `
 A run lives in two places: its **local run directory** on the machine that started it (what the
 user reads) and its **storage directory** (what survives the machine and what other nodes reach).
 Without ``storage=`` they are the same directory. `RunDir` writes every record to both; files
-are written whole (a temporary file renamed into place locally, a single object put remotely),
-so no reader ever sees half a file.
+are written whole (a temporary file, fsynced, renamed into place locally; a single object put
+remotely), so no reader ever sees half a file, and a file renamed into place survives a crash of
+the machine.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from raylsl.errors import RaylslError
+from raylsl.errors import RaylslError, StateError
 
 
 class StorageError(RaylslError):
@@ -99,7 +100,26 @@ class Storage:
         return self.read_bytes(rel).decode()
 
     def read_json(self, rel: str) -> Any:
-        return json.loads(self.read_text(rel))
+        """The JSON file ``rel``.
+
+        Raises:
+            StateError: the file is not valid JSON (cut short by a crash, or edited).
+        """
+        try:
+            return json.loads(self.read_bytes(rel))
+        except ValueError as exc:
+            raise StateError(f"{self.uri_of(rel)} is damaged (not valid JSON: {exc}); restore it from a copy, or "
+                             f"start again under a new name") from None
+
+    def sizes(self, rel: str = "") -> dict[str, int]:
+        """Every file under ``rel`` (recursively, empty when it does not exist) with its size in
+        bytes, by its path relative to ``rel``."""
+        import pyarrow.fs
+
+        base = self.path(rel)
+        selector = pyarrow.fs.FileSelector(base, recursive=True, allow_not_found=True)
+        infos = self._call("list", lambda: self.fs.get_file_info(selector))
+        return {posixpath.relpath(i.path, base): i.size for i in infos if i.type == pyarrow.fs.FileType.File}
 
     def download(self, rel: str, target: Path) -> Path:
         """Copies file or directory ``rel`` to the local ``target`` (replaced whole)."""
@@ -131,7 +151,10 @@ class Storage:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
+            fsync_dir(path.parent)  # the rename itself is durable only once its directory is
             return
 
         def put():
@@ -192,6 +215,30 @@ def _hint(uri: str) -> str:
         return (" Check the bucket and the AWS credentials; for S3-compatible servers set AWS_ENDPOINT_URL for the "
                 "driver and every Ray node.")
     return ""
+
+
+def fsync_dir(path: Path) -> None:
+    """Makes the entries of directory ``path`` (files created or renamed in it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Makes every file under ``root`` and every directory entry there durable (before ``root``
+    is renamed into place)."""
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        elif path.is_dir():
+            fsync_dir(path)
+    fsync_dir(Path(root))
 
 
 def _remove(path: Path) -> None:

@@ -2,11 +2,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from raylsl.cli import main
+from raylsl.errors import RaylslError
 
 
 @pytest.mark.parametrize("args, message", [
@@ -132,3 +134,94 @@ def test_sweep_and_report_refuse_what_is_not_theirs(tmp_path, capsys):
     assert "is not a raylsl sweep directory" in capsys.readouterr().err
     assert main(["sweep", "--resume", str(tmp_path)]) == 2
     assert "is not a raylsl sweep directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_an_unreachable_ray_address_is_refused_within_seconds(command, tmp_path, task_file, capsys, monkeypatch):
+    """Ray retries an address nothing answers at for minutes; raylsl checks it before it writes anything."""
+    from tests.distributed.two_node import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    out_dir = tmp_path / "runs"
+    if command == "train":
+        args = ["train", "model=tiny-llama", f"task={task_file}", f"output_dir={out_dir}", "workers=1"]
+    else:
+        pytest.importorskip("optuna")
+        space = tmp_path / "space.yaml"
+        space.write_text("parameters: {lora.r: {choices: [2, 4]}}\n")
+        args = ["sweep", str(space), "model=tiny-llama", f"task={task_file}", "--output-dir", str(out_dir)]
+    started = time.perf_counter()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - started < 10
+    assert err.startswith(f"raylsl: error: RAY_ADDRESS={address}: nothing answers")
+    assert len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()
+
+
+def test_no_cache_computes_scores_afresh_and_leaves_the_cache_alone(tmp_path, task_file, capsys, monkeypatch):
+    monkeypatch.setenv("RAYLSL_CACHE", str(tmp_path / "cache"))
+    args = ["select", "--model", "tiny-llama", "--task", str(task_file), "--selector", "activation", "--n", "2",
+            "data.test_size=16", "data.val_size=8", f"output_dir={tmp_path}"]
+    assert main([*args, "name=a", "--no-cache"]) == 0
+    assert not (tmp_path / "cache" / "scores").exists()
+    assert main([*args, "name=b"]) == 0 and len(list((tmp_path / "cache" / "scores").glob("*.json"))) == 1
+    assert main([*args, "name=c", "--no-cache"]) == 0
+    assert "(scores from cache)" not in capsys.readouterr().out.split("name=c")[-1]
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_train_and_sweep_take_no_cache_into_their_config(command, tmp_path, monkeypatch):
+    """What --no-cache sets reaches the run config (which the sweep's trials and a resume inherit)."""
+    from raylsl.recipes import train as recipe
+
+    seen = {}
+
+    def stop(config, *args, **kwargs):
+        seen["overrides"] = config if isinstance(config, dict) else {"score_cache": config.score_cache}
+        raise RaylslError("stopped here")
+
+    if command == "train":
+        monkeypatch.setattr(recipe, "train", stop)
+        args = ["train", "model=tiny-llama", "--no-cache"]
+    else:
+        pytest.importorskip("optuna")
+        from raylsl.sweep import run
+
+        monkeypatch.setattr(run, "sweep", lambda space, overrides, **kwargs: stop(overrides))
+        args = ["sweep", str(tmp_path / "space.yaml"), "--no-cache"]
+    assert main(args) == 2
+    assert seen["overrides"]["score_cache"] is False
+
+
+def _run_dir(tmp_path, tiny_config, **overrides) -> Path:
+    """A run directory as `raylsl train` leaves it before its first checkpoint: its resolved
+    config.yaml and run.json."""
+    import yaml
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(tiny_config(name="r", **overrides).to_dict(), sort_keys=False))
+    (run / "run.json").write_text(json.dumps({"status": "failed", "layers": [0, 1, 2, 3]}))
+    return run
+
+
+@pytest.mark.parametrize("damage, args, message", [
+    ("sweep.json", ["report", "{dir}"], "{dir}/sweep.json is damaged (not valid JSON: "),
+    ("run.json", ["train", "--resume", "{dir}"], "{dir}/run.json is damaged (not valid JSON: "),
+    ("config.yaml", ["train", "--resume", "{dir}"], "{dir}/config.yaml must hold a mapping of keys to values"),
+])
+def test_damaged_state_files_are_one_line_naming_the_file(damage, args, message, tmp_path, tiny_config, capsys):
+    run = _run_dir(tmp_path, tiny_config)
+    if damage == "sweep.json":
+        (run / "sweep.json").write_text('{"trials": 4, "metric": "ac')  # cut short by a crash
+    elif damage == "run.json":
+        (run / "run.json").write_text('{"status": "fail')
+    else:
+        (run / "config.yaml").write_text("- model: tiny-llama\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main([a.format(dir=run) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raylsl: error: " + message.format(dir=run)) and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing half-written

@@ -97,3 +97,89 @@ def test_mlflow_logs_the_run_into_its_directory(tiny_config, tmp_path, monkeypat
     assert mlflow_history(uri, run.info.run_id, "eval_after_test/acc") == [(6, pytest.approx(results["after"]["acc"]))]
     assert mlflow_history(uri, run.info.run_id, "eval_before/acc") == [(0, pytest.approx(results["before"]["acc"]))]
     assert [p.name for p in tmp_path.iterdir() if p.name == "mlruns"] == []
+
+
+def test_a_tracking_server_that_refuses_connections_does_not_stop_training(tiny_config, capsys, monkeypatch):
+    pytest.importorskip("mlflow")
+    from raylsl.tracking import MLFLOW_PATIENCE
+    from tests.distributed.two_node import free_port
+
+    for name in MLFLOW_PATIENCE:  # what raylsl sets for MLflow's client is undone after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+    config = tiny_config(tracking="mlflow", tracking_uri=f"http://127.0.0.1:{free_port()}", train__steps=2)
+    results = recipe.train(config, progress=False)
+    assert results["train"]["steps"] == 2
+    assert json.loads((Path(results["run_dir"]) / "run.json").read_text())["status"] == "complete"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "tracking=mlflow failed" in line]
+    assert len(warnings) == 1 and warnings[0].endswith("tracking is off for the rest of this run")
+
+
+def test_a_tracker_that_fails_mid_run_warns_once_and_stops_tracking(tmp_path, capsys):
+    from raylsl.callbacks import LoopState
+    from raylsl.tracking import Tracker
+
+    class Flaky(Tracker):
+        kind = "flaky"
+        calls = 0
+
+        def _open(self, step):
+            pass
+
+        def _scalars(self, values, step):
+            Flaky.calls += 1
+            if step == 2:
+                raise OSError("No space left on device")
+
+    tracker = Flaky({"acc": 0.5})
+    state = LoopState(None, None, None, tmp_path)
+    tracker.on_train_start(state)
+    for state.step in (1, 2, 3, 4):
+        tracker.on_step_end(state, {"loss": 1.0})
+    tracker.close()
+    assert Flaky.calls == 3  # eval_before, steps 1 and 2; nothing after the failure
+    err = capsys.readouterr().err
+    assert err.count("tracking=flaky failed (No space left on device)") == 1
+
+
+def test_tracking_records_travel_in_checkpoints_to_a_fresh_worker(tmp_path):
+    """A restarted Ray Train worker starts in an empty directory: the checkpoint brings its
+    TensorBoard events and MLflow store back; a directory that has its own keeps them."""
+    from raylsl.training.checkpoint import read_checkpoint, write_checkpoint
+
+    class Engine:  # the optimizer and adapter files are not what this test is about
+        def save_adapter(self, path, rank):
+            path.mkdir()
+
+        save_state = load_adapter = load_state = lambda self, *args: None
+
+    records = tmp_path / "attempt-1"
+    (records / "tensorboard").mkdir(parents=True)
+    (records / "tensorboard" / "events.out.tfevents.1").write_bytes(b"steps 1-3")
+    (records / "mlflow").mkdir()
+    (records / "mlflow" / "mlflow.db").write_bytes(b"runs")
+    (records / "metrics.jsonl").write_text('{"step": 3}\n')
+    write_checkpoint(tmp_path / "ckpt", 3, Engine(), records=records)
+    fresh = tmp_path / "attempt-2"
+    assert read_checkpoint(tmp_path / "ckpt", Engine(), records=fresh) == 3
+    assert (fresh / "tensorboard" / "events.out.tfevents.1").read_bytes() == b"steps 1-3"
+    assert (fresh / "mlflow" / "mlflow.db").read_bytes() == b"runs" and (fresh / "metrics.jsonl").is_file()
+    (records / "mlflow" / "mlflow.db").write_bytes(b"runs and more")  # open in a live tracker: left alone
+    read_checkpoint(tmp_path / "ckpt", Engine(), records=records)
+    assert (records / "mlflow" / "mlflow.db").read_bytes() == b"runs and more"
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tiny_config, monkeypatch):
+    pytest.importorskip("mlflow")
+    from tests.test_training import _crash_at_step_5
+
+    run_dir = _crash_at_step_5(tiny_config(name="mlcrash", tracking="mlflow", train__steps=6,
+                                           train__checkpoint_every=2), monkeypatch)
+    recipe.resume(run_dir, progress=False)
+    uri = f"sqlite:///{run_dir / 'mlflow' / 'mlflow.db'}"
+    (run,) = mlflow_runs(uri, "raylsl")  # one run, not one per attempt
+    assert run.info.status == "FINISHED"
+    # step 5 ran before the crash and again after the step-4 checkpoint (MLflow cannot unlog it)
+    assert [s for s, _ in mlflow_history(uri, run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5, 5, 6]
+    assert [s for s, _ in mlflow_history(uri, run.info.run_id, "eval_before/acc")] == [0]

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,7 +135,7 @@ def test_recipe_resume_after_failure(tiny_config, monkeypatch):
     run_dir = config.output_dir + "/crash"
     status = json.loads(open(f"{run_dir}/run.json").read())
     assert status["status"] == "failed" and "Interrupt" in status["error"]
-    assert not (tmp := __import__("pathlib").Path(run_dir, "results.json")).exists()
+    assert not (tmp := Path(run_dir, "results.json")).exists()
     results = recipe.resume(run_dir, progress=False)
     assert results["train"]["resumed_from"] == 2 and results["train"]["steps"] == 4 and tmp.exists()
 
@@ -167,3 +168,73 @@ def test_resume_from_the_storage_uri_alone(tiny_config, monkeypatch, tmp_path):
             "status"] == "complete"
     finally:
         s3.stop()
+
+
+def _crash_at_step_5(config, monkeypatch) -> Path:
+    """Runs ``config`` (6 steps, checkpoints every 2) until step 5 raises, after the step-4
+    checkpoint; returns the run directory."""
+    original = loop_module.train_loop
+    monkeypatch.setattr(session, "train_loop",
+                        lambda *a, callbacks=(), **k: original(*a, callbacks=callbacks + (StopAt(5),), **k))
+    with pytest.raises(Interrupt):
+        recipe.train(config, progress=False)
+    monkeypatch.setattr(session, "train_loop", original)
+    return Path(config.output_dir, config.name)
+
+
+def test_a_torn_stored_checkpoint_never_replaces_the_complete_local_one(tiny_config, monkeypatch, tmp_path):
+    """The issue's reproduction: two files gone from the stored newest checkpoint. The resume
+    finishes from the complete local step 4, which stays as it was."""
+    config = tiny_config(name="torn", train__steps=6, train__checkpoint_every=2, storage=str(tmp_path / "store"))
+    run_dir = _crash_at_step_5(config, monkeypatch)
+    stored = tmp_path / "store" / "torn" / "checkpoints" / "step-000004"
+    for name in ("optimizer.pt", "adapter/adapter_model.safetensors"):
+        (stored / name).unlink()
+    def local():
+        return {p.name: p.read_bytes() for p in (run_dir / "checkpoints" / "step-000004").rglob("*") if p.is_file()}
+
+    before = local()
+    results = recipe.resume(run_dir, progress=False)
+    assert results["train"]["resumed_from"] == 4 and results["train"]["steps"] == 6
+    assert local() == before
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_an_upload_cut_off_leaves_a_copy_no_resume_reads(tiny_config, monkeypatch, tmp_path):
+    """Storage that fails half way through the step-4 upload (its optimizer file cut short): the
+    stored copy has no completion marker, and a resume from storage alone takes step 2."""
+    import shutil
+
+    from raylsl.storage import Storage, StorageError
+
+    real_write = Storage.write_bytes
+
+    def cut_off(self, rel, data):
+        if rel == "checkpoints/step-000004/optimizer.pt":
+            real_write(self, rel, data[: len(data) // 2])
+            raise StorageError(f"cannot write storage {self.uri}: connection reset")
+        real_write(self, rel, data)
+
+    monkeypatch.setattr(Storage, "write_bytes", cut_off)
+    config = tiny_config(name="cut", train__steps=6, train__checkpoint_every=2, storage=str(tmp_path / "store"))
+    with pytest.raises(StorageError, match="connection reset"):
+        recipe.train(config, progress=False)
+    monkeypatch.setattr(Storage, "write_bytes", real_write)
+    stored = tmp_path / "store" / "cut" / "checkpoints"
+    assert (stored / "step-000004" / "optimizer.pt").is_file()
+    assert not (stored / "step-000004" / "COMPLETE.json").exists()
+    assert (stored / "step-000002" / "COMPLETE.json").is_file()  # kept until a newer one is complete there
+    shutil.rmtree(tmp_path / "runs" / "cut" / "checkpoints")  # another machine: only storage has the run
+    results = recipe.resume(tmp_path / "runs" / "cut", progress=False)
+    assert results["train"]["resumed_from"] == 2 and results["train"]["steps"] == 6
+    assert (stored / "step-000006" / "COMPLETE.json").is_file()  # the new checkpoint reached storage whole
+
+
+def test_a_resume_falls_back_to_an_older_checkpoint_when_the_newest_cannot_be_read(tiny_config, monkeypatch, capsys):
+    run_dir = _crash_at_step_5(tiny_config(name="rot", train__steps=6, train__checkpoint_every=2), monkeypatch)
+    newest = run_dir / "checkpoints" / "step-000004" / "optimizer.pt"
+    newest.write_bytes(b"\0" * newest.stat().st_size)  # complete on paper (same size), unreadable
+    results = recipe.resume(run_dir, progress=False)
+    assert results["train"]["resumed_from"] == 2 and results["train"]["steps"] == 6
+    assert "step-000004 cannot be read" in capsys.readouterr().err

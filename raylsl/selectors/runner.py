@@ -3,7 +3,7 @@
 Scores depend on the model, the calibration examples (size, seed), the selector and its options,
 the LoRA target modules and the token budget, never on N: they are cached under
 ``~/.cache/raylsl/scores/<fingerprint>.json`` (or ``$RAYLSL_SCORE_CACHE``) and reused for every N
-in a sweep.
+in a sweep. An entry that cannot be read (a crash cut it short) is a miss: recomputed and rewritten.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from raylsl.config import CalibrationSettings, LoraSettings, TrainSettings
 from raylsl.data import MCExample
 from raylsl.fetch import cache_dir
 from raylsl.selectors.base import Budget, LayerScores, ScoringContext, Selector
+from raylsl.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -94,15 +96,15 @@ def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: Scori
         full_key = {**key, "selector": selector.name, "options": dataclasses.asdict(selector.config)}
         fingerprint = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:24]
         path = score_cache_dir() / f"{fingerprint}.json"
-        if use_cache and path.exists():
-            scores, cached = LayerScores.from_dict(json.loads(path.read_text())), True
-        else:
+        scores = _cached_scores(path) if use_cache else None
+        cached = scores is not None
+        if scores is None:
             was_training = ctx.model.training
             ctx.model.eval()  # no dropout while measuring
             scores = dataclasses.replace(selector.score(ctx, num_blocks), fingerprint=fingerprint)
             ctx.model.train(was_training)
             if use_cache:
-                _write_atomic(path, json.dumps(scores.to_dict()))
+                Storage(path.parent).write_json(path.name, scores.to_dict())
     else:
         scores = selector.score(None, num_blocks)
     layers = selector.choose(scores, budget)
@@ -149,8 +151,13 @@ def selection_key(model: nn.Module, calibration: list[MCExample], size: int, see
             "calibration_seed": seed, "target_modules": sorted(target_modules), "max_length": max_length}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{random.getrandbits(32)}")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _cached_scores(path: Path) -> LayerScores | None:
+    """The scores cached at ``path``; None when there are none, or when the entry cannot be read."""
+    try:
+        return LayerScores.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"raylsl: the cached scores {path} cannot be read ({type(exc).__name__}); computing them again",
+              file=sys.stderr, flush=True)
+        return None

@@ -22,7 +22,7 @@ def trial_label(trial) -> str:
     parts = [selector] + ([f"n={params['n']:.3g}" if isinstance(params["n"], float) else f"n={params['n']}"]
                           if "n" in params and selector != "all" else [])
     parts += [f"r={params['lora.r']}"] if "lora.r" in params else []
-    return f"trial {trial_number(trial)} ({trial.trial_id}, {' '.join(parts)})"
+    return f"trial {trial_number(trial.experiment_tag)} ({trial.trial_id}, {' '.join(parts)})"
 
 
 def progress_line(trial, result: dict[str, Any], metric: str) -> str | None:

@@ -33,7 +33,9 @@ import yaml
 
 from raylsl.config import SMOKE_OVERRIDES, with_overrides
 from raylsl.data import GenExample, example_from_record, example_record, read_examples
+from raylsl.distributed.ray_train import check_ray_address
 from raylsl.errors import ConfigError
+from raylsl.lease import Lease
 from raylsl.plan import build_plan, load_run_config, score_key
 from raylsl.report import SweepReport, load, open_sweep
 from raylsl.selectors import LayerScores, build_selector
@@ -41,7 +43,7 @@ from raylsl.storage import RunDir, Storage
 from raylsl.tracking import MLFLOW_DIR, sweep_callbacks
 from raylsl.sweep.progress import TrialProgress
 from raylsl.sweep.scheduler import sweep_rungs, sweep_scheduler
-from raylsl.sweep.search import searcher
+from raylsl.sweep.search import public_url, searcher
 from raylsl.sweep.space import SearchSpace, check_against_config, load_space, scheduler_name, trial_overrides
 from raylsl.sweep.trial import SweepInputs, run_trial
 
@@ -68,6 +70,7 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     check_against_config(space, fixed)
     base = load_run_config(str(space.base) if space.base else None, fixed)
     settings = _settings(space, space_path, overrides, trials, concurrency, workers_per_trial, smoke, scheduler)
+    check_ray_address()
     name = name or f"sweep-{Path(space_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     run = _new_sweep_dir(Path(output_dir) / name, base.storage, name)
     examples = read_examples(base.task, base.data)
@@ -79,11 +82,12 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
                                        "workers": settings["workers_per_trial"], "name": None, "tracking": "none"})
     settings.update(study_name=name, storage_uri=run.storage.uri, local_dir=str(run.local.resolve()),
                     baseline=space.baseline(base.lora.r), tracking=base.tracking, tracking_uri=base.tracking_uri)
-    _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
-    scores, settings["selection"] = _score_once(trial_base, space, examples, run)
-    run.write_json("sweep.json", settings)
-    inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, sweep_rungs(settings), settings["metric"])
-    return _fit(run, settings, inputs, progress, restore=False)
+    with Lease.take(run.storage):
+        _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
+        scores, settings["selection"] = _score_once(trial_base, space, examples, run)
+        run.write_json("sweep.json", settings)
+        inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, sweep_rungs(settings), settings["metric"])
+        return _fit(run, settings, inputs, progress, restore=False, optuna_url=space.optuna_storage)
 
 
 def _metric(space: SearchSpace, base, examples: list) -> str:
@@ -104,14 +108,32 @@ def _metric(space: SearchSpace, base, examples: list) -> str:
     return metric
 
 
-def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
+def resume_sweep(target: str | Path, progress: bool = True, break_lease: bool = False) -> SweepReport:
     """Continues an interrupted sweep (its local directory or storage URI): finished trials are
     kept, unfinished ones run again (a trial that had started training continues from its newest
-    checkpoint)."""
+    checkpoint).
+
+    Args:
+        break_lease: take over the sweep's lease when its holder stopped renewing it (`raylsl.lease`).
+
+    Raises:
+        StateError: another process works on the sweep (its lease is held).
+    """
     run = open_sweep(target)
     settings = run.storage.read_json("sweep.json")
-    from ray import tune
+    check_ray_address()
+    with Lease.take(run.storage, break_stale=break_lease):
+        inputs = _stored_inputs(run, settings)
+        _start_ray(settings["workers_per_trial"], progress)
+        from ray import tune
 
+        if not tune.Tuner.can_restore(run.storage.uri_of("tune")):
+            raise ConfigError(f"{run.storage.uri}: the sweep stopped before Ray Tune saved any state; start it again")
+        return _fit(run, settings, inputs, progress, restore=True)
+
+
+def _stored_inputs(run: RunDir, settings: dict[str, Any]) -> SweepInputs:
+    """What the trials of a sweep get, as the sweep's storage keeps it."""
     from raylsl.config import load_config
 
     with _scratch_file(run.storage, "base_config.yaml") as path:
@@ -119,11 +141,7 @@ def resume_sweep(target: str | Path, progress: bool = True) -> SweepReport:
     examples = [example_from_record(r) for r in run.storage.read_json("examples.json")]
     scores = {name[:-5]: LayerScores.from_dict(run.storage.read_json(f"scores/{name}"))
               for name in run.storage.listdir("scores") if name.endswith(".json")}
-    _start_ray(settings["workers_per_trial"], progress)
-    if not tune.Tuner.can_restore(run.storage.uri_of("tune")):
-        raise ConfigError(f"{run.storage.uri}: the sweep stopped before Ray Tune saved any state; start it again")
-    inputs = SweepInputs(base, run.storage.uri, examples, scores, sweep_rungs(settings), settings.get("metric", "acc"))
-    return _fit(run, settings, inputs, progress, restore=True)
+    return SweepInputs(base, run.storage.uri, examples, scores, sweep_rungs(settings), settings.get("metric", "acc"))
 
 
 def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, workers_per_trial,
@@ -136,7 +154,7 @@ def _settings(space: SearchSpace, space_path, overrides, trials, concurrency, wo
         "workers_per_trial": space.workers_per_trial if workers_per_trial is None else workers_per_trial,
         "cpus_per_trial": space.cpus_per_trial, "gpus_per_trial": space.gpus_per_trial, "sampler": space.sampler,
         "n_startup_trials": space.n_startup_trials, "population_size": space.population_size, "seed": space.seed,
-        "optuna_storage": space.optuna_storage,
+        "optuna_storage": space.optuna_storage and public_url(space.optuna_storage),
         "scheduler": space.scheduler if scheduler is None else scheduler_name("--scheduler", scheduler),
         "eta": space.eta, "rungs": space.rungs,
     }
@@ -173,9 +191,12 @@ def _create_sweep_dir(run: RunDir, space: SearchSpace, space_path, base, example
 
 def _portable_space(space_path: Path) -> str:
     """The space file as the sweep keeps it: without ``base``, which is relative to where the file
-    was (the resolved base run config is ``base_config.yaml``), so that it loads from any machine."""
+    was (the resolved base run config is ``base_config.yaml``), so that it loads from any machine,
+    and without the password of ``optuna_storage``."""
     raw = yaml.safe_load(space_path.read_text()) or {}
     raw.pop("base", None)
+    if raw.get("optuna_storage"):
+        raw["optuna_storage"] = public_url(raw["optuna_storage"])
     return (f"# {space_path.name} as this sweep runs it; its base run config, resolved, is base_config.yaml\n"
             + yaml.safe_dump(raw, sort_keys=False))
 
@@ -214,7 +235,10 @@ def _num_blocks(inputs: SweepInputs) -> int | None:
     return next((len(s.scores) for s in inputs.scores.values()), None)
 
 
-def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: bool, restore: bool) -> SweepReport:
+def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: bool, restore: bool,
+         optuna_url: str | None = None) -> SweepReport:
+    """Runs (or, with ``restore``, continues) the Tune experiment, then writes the report.
+    ``optuna_url``: the space file's ``optuna_storage``, password included (a fresh sweep's)."""
     import os
 
     from ray import tune
@@ -233,7 +257,7 @@ def _fit(run: RunDir, settings: dict[str, Any], inputs: SweepInputs, progress: b
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher(space, settings, points, run.storage.uri,
-                                                            num_blocks=_num_blocks(inputs)),
+                                                            num_blocks=_num_blocks(inputs), storage_url=optuna_url),
                                         scheduler=sweep_scheduler(settings, run.storage.uri),
                                         num_samples=settings["trials"], max_concurrent_trials=settings["concurrency"]),
             run_config=tune.RunConfig(name="tune", storage_path=run.storage.uri, verbose=1 if progress else 0,

@@ -4,7 +4,9 @@ The Optuna study lives in the searcher (in memory), so it is saved with Ray Tune
 state in the sweep's storage and restored with it on ``--resume``, from any machine; the study
 and Tune's trial states therefore always agree. After every finished trial the study is also
 exported as an SQLite file (``optuna.db`` in the sweep's storage) for Optuna's own tools, unless
-the space file names an RDB URL (``optuna_storage:``), which is then used directly.
+the space file names an RDB URL (``optuna_storage:``), which is then used directly. Such a URL's
+password is never saved (`public_url`: not in ``sweep.json``, the copied space file or the pickled
+searcher); a resumed sweep reads it from ``$RAYLSL_OPTUNA_PASSWORD`` (`PASSWORD_ENV`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
+from sqlalchemy.engine import URL, make_url
 
 from raylsl.storage import Storage
 
@@ -200,11 +203,41 @@ class ParetoOptunaSearch(OptunaSearch):
             Storage(self.export_to).write_bytes("optuna.db", path.read_bytes())
 
 
+PASSWORD_ENV = "RAYLSL_OPTUNA_PASSWORD"
+"""Where a resumed sweep finds the password of its ``optuna_storage`` database."""
+
+
+def public_url(url: str) -> str:
+    """A database URL without its password: what a sweep saves of ``optuna_storage``."""
+    parsed = make_url(url)
+    if parsed.password is None:
+        return url
+    return URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database,
+                      parsed.query).render_as_string(hide_password=False)
+
+
+class PasswordFreeRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, pickled without its URL's password (Tune saves the searcher, and with
+    it the study's storage, into the sweep's storage); unpickled by a resumed sweep, it takes the
+    password from ``$RAYLSL_OPTUNA_PASSWORD`` when that is set."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "url": public_url(self.url)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        password = os.environ.get(PASSWORD_ENV)
+        if password:
+            url = make_url(state["url"]).set(password=password)
+            state = {**state, "url": url.render_as_string(hide_password=False)}
+        super().__setstate__(state)
+
+
 def searcher(space, settings: dict[str, Any], points: list[dict], export_to: str,
-             num_blocks: int | None = None) -> ParetoOptunaSearch:
+             num_blocks: int | None = None, storage_url: str | None = None) -> ParetoOptunaSearch:
+    """The sweep's searcher; ``storage_url``: the space file's ``optuna_storage`` (an RDB URL, its
+    password included), else the study lives in the searcher."""
     from raylsl.report import objectives
 
-    storage = settings.get("optuna_storage")
     os.environ.setdefault("OPTUNA_DISABLE_EXPERIMENTAL_WARNINGS", "1")
     goals = objectives(settings.get("metric", "acc"))
     return ParetoOptunaSearch(space=space, metric=list(goals), mode=list(goals.values()),
@@ -212,5 +245,5 @@ def searcher(space, settings: dict[str, Any], points: list[dict], export_to: str
                               sampler=make_sampler(settings["sampler"], settings["seed"], settings.get("n_startup_trials"),
                                                    settings.get("population_size"), settings["trials"]),
                               study_name=settings["study_name"],
-                              storage=optuna.storages.RDBStorage(storage) if storage else None, export_to=export_to,
-                              num_blocks=num_blocks)
+                              storage=PasswordFreeRDBStorage(storage_url) if storage_url else None,
+                              export_to=export_to, num_blocks=num_blocks)

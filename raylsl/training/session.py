@@ -73,11 +73,10 @@ def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0,
     before = (checkpoints.peek() or {}).get("before")
     if before is None and config.eval_before:
         before = evaluate_assembled(a, task.test, "eval before", progress, rank, world)
-    tracker = _tracker(a, out_dir) if config.tracking != "none" and rank == 0 else None
-    if tracker:
-        tracker.log_metrics("eval_before", before, 0)
+    tracker = _tracker(a, out_dir, before) if config.tracking != "none" and rank == 0 else None
     periodic = PeriodicEval(a, checkpoints, eval_steps, rank, world) if config.train.eval_every or eval_steps else None
-    # dynamic first (its checkpointed state), the evaluation before the tracker (which logs it)
+    # dynamic first (its checkpointed state), the evaluation before the tracker (which logs it);
+    # the tracker opens its store in on_train_start, after the checkpoint restored its records
     callbacks = tuple(cb for cb in (a.dynamic, periodic, tracker) if cb is not None)
     loop = train_loop(a.model, a.objective, task.train, config.train, out_dir, callbacks=callbacks, progress=progress,
                       engine=engine, checkpoints=checkpoints, rank=rank, world=world, extra={"before": before})
@@ -97,9 +96,9 @@ def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0,
             "device": torch.cuda.get_device_name(a.device) if a.device.type == "cuda" else a.device.type}
 
 
-def _tracker(a: Assembled, out_dir: Path):
+def _tracker(a: Assembled, out_dir: Path, before: dict[str, Any] | None):
     from raylsl.tracking import make_tracker
 
     config = a.plan.config
     blocks = f"{len(a.plan.layers)} of {a.plan.num_blocks}: {', '.join(map(str, a.plan.layers))}"
-    return make_tracker(config.tracking, config.tracking_uri, out_dir, a.plan.name, blocks, config.to_dict())
+    return make_tracker(config.tracking, config.tracking_uri, out_dir, a.plan.name, blocks, config.to_dict(), before)

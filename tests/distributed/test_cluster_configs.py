@@ -182,3 +182,28 @@ def test_network_policy_has_no_rule_open_to_everyone():
                 assert peer.get("podSelector", {}).get("matchLabels"), (name, peer)
                 if "namespaceSelector" in peer:
                     assert peer["namespaceSelector"].get("matchLabels"), (name, peer)
+
+
+def _pip_requirements() -> dict[str, list[str]]:
+    """Every package a file in cluster/ installs (or shows how to install), by file."""
+    import shlex
+
+    job = _load("kuberay-rayjob.yaml")
+    found = {"kuberay-rayjob.yaml": yaml.safe_load(job["spec"]["runtimeEnvYAML"])["pip"]}
+    commands = " ".join(_load("ray-cluster.yaml")["setup_commands"])
+    installed = shlex.split(commands.split("pip install", 1)[1])
+    found["ray-cluster.yaml"] = [arg for arg in installed if not arg.startswith("-")]
+    shown = [line[2:] for line in (CLUSTER / "runtime_env.yaml").read_text().splitlines() if line.startswith("# pip:")]
+    found["runtime_env.yaml"] = yaml.safe_load(shown[0])["pip"]
+    return found
+
+
+def test_runtime_envs_install_the_versions_of_the_projects_constraints():
+    constraints = dict(line.split("==") for line in (CLUSTER.parent / "constraints.txt").read_text().splitlines()
+                       if "==" in line and not line.startswith("#"))
+    for name, requirements in _pip_requirements().items():
+        assert requirements, name
+        for requirement in requirements:
+            package, _, version = requirement.partition("==")
+            package = package.split("[")[0]
+            assert version and version == constraints.get(package), (name, requirement)

@@ -102,12 +102,16 @@ def test_killed_worker_resumes_from_checkpoint_and_matches(two_workers):
     killed: list[int] = []
     killer = threading.Thread(target=_kill_one_worker_after_first_checkpoint, args=(root / "killed" / "ray", killed))
     killer.start()
-    results = run("killed", max_failures=1, **longer)
+    results = run("killed", max_failures=1, tracking="tensorboard", **longer)
     killer.join()
     assert killed, "no worker was killed"
     assert results["train"]["resumed_from"] >= 3 and results["train"]["steps"] == 30
     steps = [json.loads(l)["step"] for l in (root / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 31))
+    # the events from before the restart came back with the checkpoint, like metrics.jsonl
+    from tests.test_tracking import scalars
+
+    assert [step for step, _ in scalars(root / "killed" / "tensorboard", "train/loss")] == list(range(1, 31))
     wa, wb = _adapter(reference["run_dir"]), _adapter(results["run_dir"])
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-5)

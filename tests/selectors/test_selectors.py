@@ -150,3 +150,23 @@ def test_python_api_with_a_loaded_model_and_by_name(splits):
         raylsl.select_layers(model, splits, selector="cka", n=2)
     with pytest.raises(ConfigError, match="selector=cka needs a budget"):
         raylsl.select_layers("tiny-llama", splits, selector="cka")
+
+
+def test_an_unreadable_score_cache_entry_is_recomputed_and_rewritten(tiny, splits, score_cache, capsys):
+    """A crash mid-write (an older raylsl's) or a full disk leaves a cut-short entry: a miss, not an error."""
+    import json
+
+    model, blocks, objective = tiny
+
+    def select():
+        return select_blocks(model, blocks, objective, splits.train, build_selector("activation"), Budget(2),
+                             CalibrationSettings(size=16), None, 64)
+
+    first = select()
+    (entry,) = (score_cache / "scores").glob("*.json")
+    entry.write_text(entry.read_text()[:20])
+    again = select()
+    assert not again.cached and again.scores == first.scores
+    assert "cannot be read (JSONDecodeError); computing them again" in capsys.readouterr().err
+    assert json.loads(entry.read_text())["scores"] == list(first.scores.scores)  # rewritten whole
+    assert select().cached

@@ -162,3 +162,34 @@ def test_a_searcher_pickled_before_num_blocks_and_configs_existed_still_suggests
     assert isinstance(old.suggest("t1"), dict) and "t1" in old.configs
     old.learn_num_blocks(4)  # t0's configuration is unknown to it: its signature is kept as it was
     assert old.num_blocks == 4 and set(old._signatures) == {"t0", "t1"}
+
+
+DATABASE = "postgresql://optuna:s3cret@db.internal:5432/studies"
+
+
+def test_a_database_password_is_not_saved_with_the_sweep(tmp_path):
+    """sweep.json and the sweep's copy of the space file keep the database URL without its password."""
+    from raylsl.sweep.run import _portable_space, _settings
+
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE + f"optuna_storage: {DATABASE}\n")
+    space = load_space(path)
+    saved = [_portable_space(path), str(_settings(space, path, {}, None, None, None, False))]
+    assert all("s3cret" not in text and "postgresql://optuna@db.internal:5432/studies" in text for text in saved)
+
+
+def test_the_pickled_study_storage_has_no_password_and_a_resume_reads_it_from_the_environment(monkeypatch):
+    """Tune pickles the searcher, and the study's storage with it, into the sweep's storage."""
+    import pickle
+
+    from raylsl.sweep.search import PASSWORD_ENV, PasswordFreeRDBStorage
+
+    storage = PasswordFreeRDBStorage.__new__(PasswordFreeRDBStorage)  # no database server here to connect to
+    storage.__dict__.update(url=DATABASE, engine_kwargs={}, scoped_session=None, engine=None, _version_manager=None)
+    state = pickle.dumps(storage)
+    assert b"s3cret" not in state
+    connected = []
+    monkeypatch.setattr(optuna.storages.RDBStorage, "__setstate__", lambda self, s: connected.append(s["url"]))
+    monkeypatch.setenv(PASSWORD_ENV, "from-env")
+    pickle.loads(state)
+    assert connected == ["postgresql://optuna:from-env@db.internal:5432/studies"]

@@ -137,6 +137,34 @@ def test_report_command_rewrites_the_files_from_tunes_records(swept, capsys):
     assert (swept.run_dir / "pareto.md").read_text().count("\n| ") == len(swept.pareto_front()) + 1
 
 
+def test_report_reads_no_pickle(swept, tmp_path, capsys):
+    """Tune's pickled trial and experiment states (anyone who can write the storage could make
+    them run code) replaced by garbage: the report, built from JSON and text, is unchanged."""
+    import shutil
+
+    from raylsl import report
+    from raylsl.cli import main
+
+    copy = tmp_path / "s"
+    shutil.copytree(swept.run_dir, copy)
+    settings = json.loads((copy / "sweep.json").read_text())
+    (copy / "sweep.json").write_text(json.dumps({**settings, "storage_uri": str(copy), "local_dir": str(copy)}))
+    garbage = [p for p in (copy / "tune").rglob("*") if p.suffix == ".pkl" or p.name.startswith(
+        ("experiment_state", "search_gen_state"))]
+    assert any(p.name == "params.pkl" for p in garbage) and any(p.name.startswith("experiment_state") for p in garbage)
+    for path in garbage:
+        path.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle that would run a command
+    reread = report.load(copy)
+    same = ["trial", "trial_id", "status", "trainable_params", "val_acc", "params", "error", "curve"]
+    assert reread.trials[same].equals(swept.trials[same])
+    assert [Path(c).relative_to(copy) for c in reread.trials["checkpoint"] if c] == [
+        Path(c).relative_to(swept.run_dir) for c in swept.trials["checkpoint"] if c]
+    assert main(["report", str(copy), "--no-test"]) == 0
+    out = capsys.readouterr().out
+    assert "5 trials, 1 failed or unfinished" in out and "pwned" not in out
+    assert out.count("\n| ") == len(swept.pareto_front()) + 1  # the front's table
+
+
 GENERATIVE_SPACE = """\
 base: {base}
 set: {{data.val_size: 8, data.test_size: 8, train.steps: 3, train.batch_size: 4, train.checkpoint_every: 2,
