@@ -31,7 +31,6 @@ from typing import Any
 import torch
 
 from raylsl.config import RunConfig, parse_memory
-from raylsl.distributed.deepspeed_engine import MIN_BUCKET
 from raylsl.errors import RaylslError
 
 GIB = 2**30
@@ -47,6 +46,9 @@ DEEPSPEED_PREFETCH = 5 * 10**7
 """ZeRO-3's default prefetch bucket (parameters)."""
 CHUNK = 1024
 """The loss chunk the fit check suggests (``train.loss_chunk``)."""
+MIN_BUCKET = 10**6
+"""The smallest ZeRO gradient reduction bucket raylsl gives DeepSpeed (elements; see
+`raylsl.distributed.deepspeed_engine.sized_buckets`)."""
 
 
 class DoesNotFit(RaylslError):
@@ -92,8 +94,8 @@ class Option:
     def label(self) -> str:
         parts = ["no DeepSpeed" if self.zero is None else f"ZeRO-{self.zero}",
                  {"none": "", "4bit": "4-bit", "8bit": "8-bit"}[self.quantization],
-                 "selective checkpointing" if self.checkpointing else "",
-                 f"loss chunk {self.loss_chunk}" if self.loss_chunk else ""]
+                 "selective ckpt" if self.checkpointing else "",
+                 f"chunk {self.loss_chunk}" if self.loss_chunk else ""]
         return ", ".join(p for p in parts if p) + f", micro-batch {self.batch_size}"
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "raylsl"
 
 LAYERS = [
-    {"errors", "fetch", "storage", "callbacks", "tracking"},  # shared utilities
+    {"errors", "fetch", "storage", "lease", "callbacks", "tracking"},  # shared utilities
     {"config"},
     {"data", "models", "optim"},
-    {"objective", "lora"},
+    {"objective", "lora", "export"},
     {"selectors"},
-    {"plan"},  # config -> plan
+    {"plan", "fit"},  # config -> plan, and whether it fits
     {"assemble"},  # plan -> a model to train
     {"training", "evaluation"},  # the engine, single process
     {"distributed"},  # the engine in Ray Train workers

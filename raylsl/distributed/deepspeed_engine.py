@@ -24,11 +24,8 @@ import torch
 from torch import nn
 
 from raylsl.config import TrainSettings
+from raylsl.fit import MIN_BUCKET
 from raylsl.optim import build_optimizer
-
-
-MIN_BUCKET = 10**6
-"""The smallest gradient bucket raylsl gives DeepSpeed (elements)."""
 
 
 def sized_buckets(config: dict[str, Any], trainable: int) -> dict[str, Any]:

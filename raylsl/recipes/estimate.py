@@ -53,14 +53,17 @@ def table(found: Estimate) -> str:
         f"LoRA on {blocks}: {found.lora_params / 1e6:.2f}M trainable",
         f"micro-batch {found.configured.batch_size} x {found.sequence} tokens, {found.targets} target positions, "
         f"{found.dtype}; {device.ranks} x {device.name or device.kind} ({_gb(device.usable)} usable per {per}: "
-        f"{reserve})",
+        f"{reserve})" + ("" if found.traced else "; activations bounded from the blocks' shapes (this model's "
+                                                  "forward reads values, so it cannot run on meta tensors)"),
+        "ckpt: selective activation checkpointing (from the lowest adapted block); chunk: the LM head and loss in "
+        "chunks of that many positions",
         "",
-        f"{'GB per ' + per:<44}" + "".join(f"{label:>9}" for _, label in TERMS) + f"{'total':>9}  fits",
+        f"{'GB per ' + per:<50}" + "".join(f"{label:>9}" for _, label in TERMS) + f"{'total':>9}  fits",
     ]
     for option in found.options:
         name = ("configured: " if option is found.configured else "") + option.label().rsplit(", micro-batch", 1)[0]
         fits = "yes" if option.total <= device.usable else "no"
-        lines.append(f"{name:<44}" + "".join(f"{option.terms[key] / 1e9:9.2f}" for key, _ in TERMS)
+        lines.append(f"{name:<50}" + "".join(f"{option.terms[key] / 1e9:9.2f}" for key, _ in TERMS)
                      + f"{option.total / 1e9:9.2f}  {fits} ({found.margin(option) / 1e9:+.1f})")
     lines.append("")
     verdict = "fits" if found.fits else "does not fit"

@@ -207,3 +207,17 @@ def test_runtime_envs_install_the_versions_of_the_projects_constraints():
             package, _, version = requirement.partition("==")
             package = package.split("[")[0]
             assert version and version == constraints.get(package), (name, requirement)
+
+
+def test_an_eight_gpu_node_group_for_large_models():
+    """One Ray Train worker per GPU on an 8-GPU node (workers=8 gpus_per_worker=1): both cluster
+    files have such a group, and the 70B config is laid out for it."""
+    from raylsl.plan import load_run_config
+
+    doc = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())
+    assert doc["available_node_types"]["gpu8_worker"]["resources"]["GPU"] == 8
+    groups = {g["groupName"]: g for g in yaml.safe_load((CLUSTER / "kuberay-raycluster.yaml").read_text())["spec"]
+              ["workerGroupSpecs"]}
+    assert groups["gpu8"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    config = load_run_config(CLUSTER.parent / "configs" / "llama-3.1-70b-zero3.yaml")
+    assert (config.workers, config.gpus_per_worker, config.deepspeed) == (8, 1.0, "zero3")

@@ -117,7 +117,7 @@ def test_estimate_prints_the_default_and_shipped_configs_offline(capsys, monkeyp
     assert main(["estimate", "model=llama-3.1-70b", "data.max_length=2048", "train.batch_size=1", "task.format=text",
                  "layers=60-79", "--gpus", "8", "--gpu-memory", "80GB"]) == 0
     out = capsys.readouterr().out
-    assert "llama-3.1-70b (llama, 80 blocks, 70.55B parameters)" in out and "ZeRO-3, 4-bit, selective checkpointing" in out
+    assert "llama-3.1-70b (llama, 80 blocks, 70.55B parameters)" in out and "ZeRO-3, 4-bit, selective ckpt" in out
     assert "configured run:" in out and "does not fit" in out and "cheapest change that fits:" in out
     assert main(["estimate", "model=meta-llama/Llama-3.1-8B", "--gpu-memory", "24GB", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
