@@ -21,9 +21,10 @@ import torch
 
 from raylsl.config import RunConfig, deepspeed_config, load_config
 from raylsl.data import TaskSplits, load_task, split_examples
+from raylsl.errors import ConfigError
 from raylsl.fit import DoesNotFit, check_fit, target_device
 from raylsl.lora import parse_layers
-from raylsl.models import ModelSpec, find_blocks, resolve_model, shipped_directory
+from raylsl.models import VLM, ModelSpec, find_blocks, resolve_model, shipped_directory
 from raylsl.models.loading import load_options
 from raylsl.selectors import (Budget, LayerScores, Selection, build_selector, check_budget, run_selector,
                               select_blocks)
@@ -150,6 +151,9 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
     check_config(config)
     spec = resolve_model(config.model.name, config.model.kind)
     task = split_examples(config.task.name, examples, config.data) if examples is not None else load_task(config.task, config.data)
+    if task.has_images and spec.kind != VLM:
+        raise ConfigError(f"task {config.task.name} has images, and model {config.model.name} reads text only ({spec.kind}): "
+                          f"train a vision-language model (model.kind=vlm; docs/vision.md)")
     selector = build_selector(config.selector, config.selector_options.get(config.selector)) if config.selector else None
     known = (scores or {}).get(score_key(config)) if selector is not None and selector.needs_data else None
     scoring = layers is None and selector is not None and selector.needs_data and known is None
