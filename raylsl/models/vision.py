@@ -49,48 +49,63 @@ TINY_IMAGE = 28
 """Image side of the tiny models (two 14-pixel patches across: 4 image tokens)."""
 
 
-def tiny_vlm(model_type: str = "llava", hidden: int = 32, layers: int = 4, vision_layers: int = 2,
-             seed: int = 1234) -> tuple[nn.Module, object]:
-    """A random vision-language model of a family (``llava``: a Llama with a CLIP vision tower;
-    ``idefics3``: a Llama with a SigLIP-style one) and its processor, built from their classes
-    around the byte tokenizer: ``layers`` language blocks and ``vision_layers`` vision blocks of
-    width ``hidden``, 28-pixel images. Seeded: the same model in every process."""
+def tiny_processor(model_type: str = "llava"):
+    """A family's processor (``llava``, ``idefics3``) around the byte tokenizer, for 28-pixel images."""
     import transformers
 
     from raylsl.models.registry import byte_tokenizer
 
     tokenizer = byte_tokenizer()
+    if model_type == "llava":
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+        return transformers.LlavaProcessor(
+            image_processor=transformers.CLIPImageProcessorPil(size={"shortest_edge": TINY_IMAGE},
+                                                               crop_size={"height": TINY_IMAGE, "width": TINY_IMAGE}),
+            tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+            chat_template=LLAVA_TEMPLATE)
+    if model_type == "idefics3":
+        side = {"longest_edge": TINY_IMAGE}
+        return transformers.Idefics3Processor(  # it adds its image tokens to the tokenizer
+            image_processor=transformers.Idefics3ImageProcessorPil(do_image_splitting=False, size=side,
+                                                                   max_image_size=side),
+            tokenizer=tokenizer, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)
+    raise ValueError(f"no tiny vision-language model of type {model_type!r}: llava or idefics3")
+
+
+def tiny_vlm(model_type: str = "llava", hidden: int = 32, layers: int = 4, vision_layers: int = 2,
+             seed: int = 1234) -> tuple[nn.Module, object]:
+    """A random vision-language model of a family (``llava``: a Llama with a CLIP vision tower;
+    ``idefics3``: a Llama with a SigLIP-style one) and its processor (`tiny_processor`):
+    ``layers`` language blocks and ``vision_layers`` vision blocks of width ``hidden``. Seeded: the
+    same model in every process."""
+    import transformers
+
+    processor = tiny_processor(model_type)
+    config = tiny_vlm_config(model_type, processor.tokenizer, hidden, layers, vision_layers)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForImageTextToText.from_config(config)
+    return model.eval().requires_grad_(False), processor
+
+
+def tiny_vlm_config(model_type: str, tokenizer, hidden: int = 32, layers: int = 4, vision_layers: int = 2):
+    """`tiny_vlm`'s config: the family's config class around a tiny Llama and vision tower, with
+    ``tokenizer``'s vocabulary and ids."""
+    import transformers
+
     vision = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": vision_layers,
               "num_attention_heads": 2, "image_size": TINY_IMAGE, "patch_size": 14}
     if model_type == "llava":
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-        side = {"shortest_edge": TINY_IMAGE}
-        processor = transformers.LlavaProcessor(
-            image_processor=transformers.CLIPImageProcessorPil(size=side, crop_size={"height": TINY_IMAGE,
-                                                                                      "width": TINY_IMAGE}),
-            tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-            chat_template=LLAVA_TEMPLATE)
         config_cls, extra = transformers.LlavaConfig, {"vision_config": transformers.CLIPVisionConfig(**vision)}
-    elif model_type == "idefics3":
-        side = {"longest_edge": TINY_IMAGE}
-        processor = transformers.Idefics3Processor(
-            image_processor=transformers.Idefics3ImageProcessorPil(do_image_splitting=False, size=side,
-                                                                   max_image_size=side),
-            tokenizer=tokenizer, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)  # adds its image tokens
-        config_cls, extra = transformers.Idefics3Config, {"vision_config": vision, "scale_factor": 1}
     else:
-        raise ValueError(f"no tiny vision-language model of type {model_type!r}: llava or idefics3")
+        config_cls, extra = transformers.Idefics3Config, {"vision_config": vision, "scale_factor": 1}
     ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None}
     # A random frozen head with the usual std 0.02 keeps every logit near 0: nothing to learn from.
     text = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                                     num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                                     max_position_embeddings=512, initializer_range=0.2, **ids)
-    config = config_cls(text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                        pad_token_id=tokenizer.pad_token_id, **extra)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = transformers.AutoModelForImageTextToText.from_config(config)
-    return model.eval().requires_grad_(False), processor
+    return config_cls(text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                      pad_token_id=tokenizer.pad_token_id, **extra)
 
 
 def build_tiny_llava(target: Path) -> None:
