@@ -1,11 +1,22 @@
-"""Fixtures of the vision tests: the colour data, and a score cache of the module's own."""
+"""Fixtures of the vision tests: the colour data, a score cache of the module's own, and one torch
+thread (the tiny models' steps are 5-20x slower with two threads on a shared 2-core machine:
+the threads spin against each other and whatever else runs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 from vision_cases import write_colours
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
