@@ -26,6 +26,7 @@ from raylsl.fit import DoesNotFit, check_fit, target_device
 from raylsl.lora import parse_layers
 from raylsl.models import VLM, ModelSpec, find_blocks, resolve_model, shipped_directory
 from raylsl.models.loading import load_options
+from raylsl.models.vision import unread_blocks
 from raylsl.selectors import (Budget, LayerScores, Selection, build_selector, check_budget, run_selector,
                               select_blocks)
 
@@ -160,6 +161,7 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
     loaded = load_base(spec, config, local_device()) if scoring else None
     blocks_path, blocks = find_blocks(loaded[0] if loaded else spec.skeleton(), config.blocks_path)
     num_blocks = len(blocks)
+    unread = unread_blocks(spec.config(), blocks_path, num_blocks)
     selection = None
     if layers is None and selector is None:
         layers = parse_layers(config.layers, num_blocks)
@@ -167,9 +169,13 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
         selection = Selection(known, selector.choose(known, Budget(config.n, config.threshold, config.mass)), 0.0, True)
         layers = selection.layers
     elif layers is None:
-        selection = _select(config, selector, spec.kind, loaded, blocks, blocks_path, task)
+        selection = _select(config, selector, spec.kind, loaded, blocks, blocks_path, task, tuple(unread))
         layers = selection.layers
     del blocks
+    if set(layers) & set(unread):
+        raise ConfigError(f"blocks {sorted(set(layers) & set(unread))} of {blocks_path} do not feed the language model "
+                          f"(it reads the vision tower's features before them: vision_feature_layer); choose among "
+                          f"0-{min(unread) - 1} with layers=")
     try:  # before the model loads to train (a model loaded only to score is released on refusal)
         device = target_device(config) if fit else None
         checkpointing = check_fit(config, device, list(layers), task.generative)
@@ -188,11 +194,13 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
     return plan, loaded
 
 
-def _select(config: RunConfig, selector, kind: str, loaded, blocks, blocks_path: str, task: TaskSplits) -> Selection:
-    """Runs the configured selector (on this machine's accelerator when it reads data)."""
+def _select(config: RunConfig, selector, kind: str, loaded, blocks, blocks_path: str, task: TaskSplits,
+            unread: tuple[int, ...]) -> Selection:
+    """Runs the configured selector (on this machine's accelerator when it reads data), never
+    choosing the ``unread`` blocks (`raylsl.models.vision.unread_blocks`)."""
     budget = Budget(config.n, config.threshold, config.mass)
     if not selector.needs_data:
-        return run_selector(selector, budget, len(blocks), None, None)
+        return run_selector(selector, budget, len(blocks), None, None, exclude=unread)
     from raylsl.objective import run_objective
 
     model, tokenizer = loaded
@@ -200,7 +208,7 @@ def _select(config: RunConfig, selector, kind: str, loaded, blocks, blocks_path:
     return select_blocks(model, blocks, objective, task.train, selector,
                          budget, config.calibration, config.lora.target_modules, config.data.max_length,
                          validation=task.validation, blocks_path=blocks_path, lora=config.lora,
-                         train_settings=config.train)
+                         train_settings=config.train, exclude=unread)
 
 
 def load_base(spec: ModelSpec, config: RunConfig, device: torch.device,

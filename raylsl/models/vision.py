@@ -26,6 +26,20 @@ def image_inputs(batch: dict) -> dict:
     return {key: batch[key] for key in IMAGE_INPUTS if key in batch}
 
 
+def unread_blocks(config, blocks_path: str, num_blocks: int) -> list[int]:
+    """Vision-tower blocks whose output the model never reads: LLaVA takes its image features from
+    the tower's hidden states at ``vision_feature_layer`` (-2, its default: the output of the last
+    block but one), so the blocks after that one get no gradient. Empty for language blocks."""
+    from raylsl.models.architectures import architecture
+
+    known = architecture(getattr(config, "model_type", None))
+    layer = getattr(config, "vision_feature_layer", None)
+    if known is None or blocks_path != known.vision_blocks_path or layer is None:
+        return []
+    deepest = max(index % (num_blocks + 1) for index in (layer if isinstance(layer, (list, tuple)) else [layer]))
+    return list(range(deepest, num_blocks))
+
+
 def text_tokenizer(tokenizer):
     """The tokenizer itself, also when given a vision-language model's processor."""
     return getattr(tokenizer, "tokenizer", tokenizer)

@@ -16,7 +16,7 @@ from vision_cases import vision_config
 
 from raylsl.config import TaskSettings
 from raylsl.data import read_examples
-from raylsl.errors import DataError
+from raylsl.errors import ConfigError, DataError
 from raylsl.models import VLM, block_index, resolve_model
 from raylsl.models.vision import image_inputs
 from raylsl.objective import evaluate, make_objective
@@ -25,6 +25,7 @@ from raylsl.recipes import train as recipe
 from raylsl.recipes.export import export_run
 
 LANGUAGE_BLOCKS = "model.language_model.layers"
+VISION_BLOCKS = "model.vision_tower.encoder.layers"
 TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
@@ -103,6 +104,19 @@ def test_image_tokens_that_do_not_fit_name_the_length_needed(colours):
     example = read_examples(TaskSettings(name=str(colours[0])))[0]
     with pytest.raises(DataError, match=r"needs \d+ tokens, 4 of them for its image.*raise data.max_length to \d+"):
         make_objective(VLM, processor, 8, generative=True).tokens(example)
+
+
+def test_blocks_path_may_name_the_vision_towers_blocks(colours, tmp_path):
+    """LoRA on the vision tower: its last block is never read (LLaVA's vision_feature_layer=-2),
+    so a selector skips it and layers= naming it is one error."""
+    config = vision_config(colours[0], tmp_path, blocks_path=VISION_BLOCKS, selector="gradient", n=1, name="tower",
+                           eval_before=False, **{"train.steps": 2})
+    results = recipe.train(config, progress=False)
+    assert results["adapted_blocks"] == [0]
+    weights = load_file(results_dir(results) / "adapter" / "adapter_model.safetensors")
+    assert weights and all(block_index(VISION_BLOCKS).search(key)[1] == "0" for key in weights)
+    with pytest.raises(ConfigError, match=r"blocks \[1\] of model.vision_tower.encoder.layers do not feed the language"):
+        build_plan(vision_config(colours[0], tmp_path, blocks_path=VISION_BLOCKS, layers="1"), "x", "", fit=False)
 
 
 def test_exported_adapters_reload_with_the_same_logits(trained, colours, tmp_path):
