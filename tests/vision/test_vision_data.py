@@ -3,9 +3,11 @@ their images' bytes; every mistake is one error naming the file and line."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+from PIL import Image
 from vision_cases import QUESTION, vision_config
 
 from raylsl.config import DataSettings, TaskSettings
@@ -44,6 +46,17 @@ def test_an_image_part_without_a_path_takes_the_rows_image_field(colours, tmp_pa
     data = _rows(tmp_path / "hf_shape.jsonl", {**_chat({"type": "image"}), "images": [image]})
     example = read_examples(TaskSettings(name=str(data), image_field="images"))[0]
     assert example.images == ((colours[0].parent / "img" / "1.png").read_bytes(),)
+
+
+def test_an_hf_datasets_image_column_is_read(colours, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    image = str(colours[0].parent / "img" / "2.png")
+    rows = datasets.Dataset.from_dict({"question": [QUESTION], "choices": [["red", "blue"]], "answer": [0],
+                                       "image": [image]}).cast_column("image", datasets.Image())
+    rows.to_parquet(str(tmp_path / "rows.parquet"))
+    (example,) = read_examples(TaskSettings(name=str(tmp_path / "rows.parquet"), **MC))  # decoded: a PIL image
+    assert Image.open(io.BytesIO(example.images[0])).convert("RGB").getpixel((3, 3)) == \
+        Image.open(image).convert("RGB").getpixel((3, 3))
 
 
 @pytest.mark.parametrize("row, message", [
