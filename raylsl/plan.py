@@ -159,9 +159,11 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
     known = (scores or {}).get(score_key(config)) if selector is not None and selector.needs_data else None
     scoring = layers is None and selector is not None and selector.needs_data and known is None
     loaded = load_base(spec, config, local_device()) if scoring else None
-    blocks_path, blocks = find_blocks(loaded[0] if loaded else spec.skeleton(), config.blocks_path)
+    structure = loaded[0] if loaded else spec.skeleton()
+    blocks_path, blocks = find_blocks(structure, config.blocks_path)
     num_blocks = len(blocks)
-    unread = unread_blocks(spec.config(), blocks_path, num_blocks)
+    unread = unread_blocks(structure.config, blocks_path, num_blocks)
+    del structure
     selection = None
     if layers is None and selector is None:
         layers = parse_layers(config.layers, num_blocks)
