@@ -228,4 +228,5 @@ def count_trainable(model: nn.Module) -> dict[str, int]:
 def adapted_blocks(model: nn.Module, blocks_path: str) -> list[int]:
     """Indices of the blocks that hold at least one LoRA parameter (read back from the model)."""
     pattern = block_index(blocks_path)
-    return sorted({int(m[1]) for name, _ in model.named_parameters() if "lora_" in name and (m := pattern.search(name))})
+    return sorted({int(m[1]) for name, _ in model.named_parameters()
+                   if "lora_" in name and (m := pattern.search(name))})

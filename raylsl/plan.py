@@ -153,8 +153,8 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
     spec = resolve_model(config.model.name, config.model.kind)
     task = split_examples(config.task.name, examples, config.data) if examples is not None else load_task(config.task, config.data)
     if task.has_images and spec.kind != VLM:
-        raise ConfigError(f"task {config.task.name} has images, and model {config.model.name} reads text only ({spec.kind}): "
-                          f"train a vision-language model (model.kind=vlm; docs/vision.md)")
+        raise ConfigError(f"task {config.task.name} has images, and model {config.model.name} reads text only "
+                          f"({spec.kind}): train a vision-language model (model.kind=vlm; docs/vision.md)")
     selector = build_selector(config.selector, config.selector_options.get(config.selector)) if config.selector else None
     known = (scores or {}).get(score_key(config)) if selector is not None and selector.needs_data else None
     scoring = layers is None and selector is not None and selector.needs_data and known is None

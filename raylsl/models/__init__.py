@@ -15,6 +15,7 @@ from raylsl.models.architectures import (ARCHITECTURES, DECODER, ENCODER, VLM, A
 from raylsl.models.blocks import block_index, find_blocks, layers_pattern
 from raylsl.models.registry import ModelSpec, byte_tokenizer, resolve_model, save_to_cache, shipped_directory
 
-__all__ = ["ARCHITECTURES", "Architecture", "DECODER", "ENCODER", "VLM", "ModelSpec", "architecture", "block_index", "byte_tokenizer", "describe",
+__all__ = ["ARCHITECTURES", "Architecture", "DECODER", "ENCODER", "VLM", "ModelSpec", "architecture", "block_index",
+           "byte_tokenizer", "describe",
            "find_blocks", "layers_pattern", "model_kind", "resolve_model", "save_to_cache", "shipped_directory",
            "unsupported"]

@@ -2,10 +2,10 @@
 mapping, that the runtime reads and the architecture test matrix (``tests/models/``) iterates.
 
 A family is a transformers ``model_type``. For each: its kind (decoder: causal LM; encoder:
-multiple-choice head; vlm: a vision-language model, an image-text-to-text class), the dotted path of its block list in the class raylsl loads, the LoRA
-targets raylsl picks by default (every ``nn.Linear`` or GPT-2 ``Conv1D`` inside a block, fused
-projections such as Phi-3's ``qkv_proj`` included, router gates excluded), and, for mixtures of
-experts, the fused expert parameters.
+multiple-choice head; vlm: a vision-language model, an image-text-to-text class), the dotted
+path of its block list in the class raylsl loads, the LoRA targets raylsl picks by default (every
+``nn.Linear`` or GPT-2 ``Conv1D`` inside a block, fused projections such as Phi-3's ``qkv_proj``
+included, router gates excluded), and, for mixtures of experts, the fused expert parameters.
 
 MoE models: the routed experts are 3-D parameters in transformers 5, not linear layers. By default
 raylsl adapts attention and any dense MLP (Qwen2-MoE's shared expert), not the routed experts, and
@@ -110,9 +110,9 @@ ARCHITECTURES: tuple[Architecture, ...] = (
 
 _BY_TYPE = {arch.model_type: arch for arch in ARCHITECTURES}
 
-WAYS_OUT = ("set model.kind=decoder|encoder|vlm (causal LM, multiple-choice head or image-text-to-text), blocks_path=<dotted path of the "
-            "block ModuleList>, or lora.target_modules=[<leaf names of the layers to adapt>]; the tested families "
-            "are listed in docs/architectures.md")
+WAYS_OUT = ("set model.kind=decoder|encoder|vlm (causal LM, multiple-choice head or image-text-to-text), "
+            "blocks_path=<dotted path of the block ModuleList>, or lora.target_modules=[<leaf names of the layers to "
+            "adapt>]; the tested families are listed in docs/architectures.md")
 """The keys that tell raylsl what it could not find out about a model."""
 
 

@@ -48,7 +48,8 @@ def text_tokenizer(tokenizer):
 def _content(image: str) -> str:
     """A chat-template fragment writing a message's content: a string, or parts (images as ``image``)."""
     return ("{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}"
-            f"{{% if p['type'] == 'image' %}}{image}{{% else %}}{{{{ p['text'] }}}}{{% endif %}}{{% endfor %}}{{% endif %}}")
+            f"{{% if p['type'] == 'image' %}}{image}{{% else %}}{{{{ p['text'] }}}}{{% endif %}}"
+            "{% endfor %}{% endif %}")
 
 
 LLAVA_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}ASSISTANT: " + _content("<image>\n")

@@ -149,7 +149,8 @@ def target_nll(model: nn.Module, batch: dict[str, torch.Tensor], layout: str, ch
         inputs = {"input_ids": ids, "position_ids": batch["packed_positions"], "use_cache": False}
     else:
         ids, targets = batch["input_ids"], batch["target_mask"]
-        inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"], "use_cache": False, **image_inputs(batch)}
+        inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"], "use_cache": False,
+                  **image_inputs(batch)}
     labels = ids[:, 1:][targets[:, 1:]]
     predicts = F.pad(targets[:, 1:], (0, 1))  # position t predicts token t+1
     if layout == "full":

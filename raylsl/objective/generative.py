@@ -241,7 +241,8 @@ class DecoderLM(CausalTargets):
                 if not chunk:
                     continue
                 prompts = [self.prompt_ids(ex) for ex in chunk]
-                for example, prompt, text in zip(chunk, prompts, self.generate(model, prompts, self.prompt_inputs(chunk))):
+                texts = self.generate(model, prompts, self.prompt_inputs(chunk))
+                for example, prompt, text in zip(chunk, prompts, texts):
                     reference, answer = self.reference(example), extract_answer(text, self.answer_pattern)
                     rows.append({"prompt": self.tokenizer.decode(prompt), "generated": text, "answer": answer,
                                  "reference": reference,

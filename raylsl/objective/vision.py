@@ -106,7 +106,8 @@ class VisionTargets(CausalTargets):
         return target_nll(model, batch, self.layout, self.loss_chunk) / (normalizer or self.target_count(batch))
 
     def target_nll_per_example(self, model: nn.Module, examples: list) -> list[tuple[float, int]]:
-        return self.sequence_nll(model, [self.tokens(ex) for ex in examples], self.pixels([ex.images for ex in examples]))
+        seqs = [self.tokens(ex) for ex in examples]
+        return self.sequence_nll(model, seqs, self.pixels([ex.images for ex in examples]))
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -164,7 +165,10 @@ class VisionMC(VisionTargets, DecoderMC):
     def length(self, example: MCExample) -> int:
         return len(self.context(example)[1])
 
-    def choice_logprobs(self, model: nn.Module, examples: list[MCExample], use_cache: bool = False) -> list[list[float]]:
+    def choice_logprobs(self, model: nn.Module, examples: list[MCExample],
+                        use_cache: bool = False) -> list[list[float]]:
+        """Summed log-probability of every choice of every example, each with its context's images
+        (``use_cache`` is ignored: every (context, choice) is one sequence)."""
         seqs = [self.pair(ex, choice) for ex in examples for choice in ex.choices]
         nll = self.sequence_nll(model, seqs, self.pixels([ex.images for ex in examples for _ in ex.choices]))
         scores, at = [], 0

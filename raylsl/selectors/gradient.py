@@ -35,8 +35,8 @@ class GradientSelector(Selector):
                 ctx.objective.loss(ctx.model, batch).backward()
             # A block the loss does not read (a vision tower's past its feature layer) has no gradient: 0.
             zero = torch.zeros((), dtype=torch.float64)
-            scores = tuple(float(torch.sqrt(sum((w.grad.double().square().sum() for w in ws if w.grad is not None), zero)))
-                           for ws in weights)
+            scores = tuple(float(torch.sqrt(sum((w.grad.double().square().sum() for w in ws if w.grad is not None),
+                                                zero))) for ws in weights)
         finally:
             for w in flat:
                 w.grad = None

@@ -147,7 +147,8 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
 def examples_fingerprint(examples: list[MCExample]) -> str:
     """A hash of the examples' contents, their images' bytes included."""
     digest = lambda image: hashlib.sha256(image).hexdigest()  # noqa: E731 (JSON has no bytes)
-    return hashlib.sha256(json.dumps([dataclasses.astuple(ex) for ex in examples], default=digest).encode()).hexdigest()[:16]
+    text = json.dumps([dataclasses.astuple(ex) for ex in examples], default=digest)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def selection_key(model: nn.Module, calibration: list[MCExample], size: int, seed: int,

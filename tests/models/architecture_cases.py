@@ -143,7 +143,8 @@ def support_table() -> str:
             f"`{t}`" + (" (fused)" if t in arch.fused else "") for t in arch.targets)
         if arch.experts:
             targets += "; not the routed experts " + ", ".join(f"`{e}`" for e in arch.experts)
-        blocks = f"`{arch.blocks_path}`" + (f" (vision tower: `{arch.vision_blocks_path}`)" if arch.vision_blocks_path else "")
+        tower = f" (vision tower: `{arch.vision_blocks_path}`)" if arch.vision_blocks_path else ""
+        blocks = f"`{arch.blocks_path}`{tower}"
         lines.append(f"| {arch.name} | `{arch.model_type}` | {arch.kind} | {blocks} | {targets} | "
                      f"{'; '.join(arch.heads)} | {selectors} | {', '.join(EXPORT_FORMS)} |")
     lines += [

@@ -27,7 +27,8 @@ from raylsl.config import CalibrationSettings, LoraSettings, TrainSettings
 from raylsl.errors import ConfigError
 from raylsl.export import export_adapter
 from raylsl.lora import ENCODER_HEAD, apply_lora, count_trainable, default_target_modules, loose_weights, target_layers
-from raylsl.models import ARCHITECTURES, ENCODER, VLM, block_index, find_blocks, layers_pattern, model_kind, resolve_model
+from raylsl.models import (ARCHITECTURES, ENCODER, VLM, block_index, find_blocks, layers_pattern, model_kind,
+                           resolve_model)
 from raylsl.models.vision import image_inputs
 from raylsl.objective import make_objective, to_device
 from raylsl.selectors import Budget, TrainingContext, build_selector, select_blocks

@@ -1,6 +1,6 @@
-"""The vision tests' cases. Image+text data written by the tests: coloured squares (each a little off its colour, so no two
-are alike), asked about as chat rows ("What colour is this?" -> "red") and as multiple-choice rows
-in ScienceQA's shape (question, choices, answer, image)."""
+"""The vision tests' cases. Image+text data written by the tests: coloured squares (each a little
+off its colour, so no two are alike), asked about as chat rows ("What colour is this?" -> "red")
+and as multiple-choice rows in ScienceQA's shape (question, choices, answer, image)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def write_colours(root: Path, n: int = 96, seed: int = 0) -> tuple[Path, Path]:
             chat_rows.write(json.dumps({"messages": [
                 {"role": "user", "content": [{"type": "image", "path": image}, {"type": "text", "text": QUESTION}]},
                 {"role": "assistant", "content": name}], "answer": name}) + "\n")
-            mc_rows.write(json.dumps({"question": QUESTION, "choices": list(COLOURS), "answer": list(COLOURS).index(name),
-                                      "image": image}) + "\n")
+            mc_rows.write(json.dumps({"question": QUESTION, "choices": list(COLOURS),
+                                      "answer": list(COLOURS).index(name), "image": image}) + "\n")
     return chat, mc
 
 
