@@ -23,7 +23,7 @@ TASK_FORMATS = ("auto", "mc", "completion", "alpaca", "chat", "text")
 MODEL_DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 ATTENTION_KERNELS = ("auto", "sdpa", "flash_attention_2", "eager")
-MODEL_KINDS = ("auto", "decoder", "encoder")
+MODEL_KINDS = ("auto", "decoder", "encoder", "vlm")
 MODEL_WEIGHTS = ("pretrained", "random")
 CHECKPOINTING = ("off", "on", "auto")
 
@@ -45,7 +45,8 @@ class ModelSettings:
     """Attention kernel: auto (flash_attention_2 when installed and usable here, else the model's
     default, sdpa where it has one), sdpa, flash_attention_2 or eager."""
     kind: str = "auto"
-    """auto (from the model's config), decoder (causal LM) or encoder (multiple-choice head)."""
+    """auto (from the model's config), decoder (causal LM), encoder (multiple-choice head) or vlm
+    (a vision-language model: image-text-to-text class, loaded with its processor)."""
     weights: str = "pretrained"
     """pretrained, or random: the architecture from the model's config with seeded random weights
     (measures a model's cost without its weights; accuracies are then meaningless)."""
@@ -119,6 +120,9 @@ class TaskSettings:
     """Column holding the list of answer strings."""
     label_field: str = "label"
     """Column holding the index of the correct answer."""
+    image_field: str = "image"
+    """Column holding a row's image or list of images (a path relative to the data file, or an HF
+    dataset's image): a multiple-choice row's, or those of a chat row's image parts without a path."""
     split: str = "train"
     """Split to read from an HF dataset; raylsl makes its own train/validation/test from it."""
     format: str = "auto"

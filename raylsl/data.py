@@ -10,6 +10,9 @@ found from its first row's fields (or forced with ``task.format``):
     chat        {"messages": [{"role": ..., "content": ...}, ...]}  (the tokenizer's chat template)
     text        {"text": ...}   (language modelling: every token is a target)
 
+Chat and multiple-choice rows may carry images, for vision-language models: image parts in a
+user turn's content, or the row's ``task.image_field`` (`raylsl.images`).
+
 Every generative row may carry ``answer``, a reference answer. Sources:
     catalog: ``sarcasm`` (28.6k headlines, 2-way), ``quartz`` (3.9k, 2-way), ``socialiqa``
         (2.2k, 3-way), read straight from the ``evals==3.0.1.post1`` wheel's zip;
@@ -23,6 +26,7 @@ Every generative row may carry ``answer``, a reference answer. Sources:
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import re
@@ -36,6 +40,7 @@ import torch
 from raylsl.config import DataSettings, TaskSettings, TrainSettings
 from raylsl.errors import DataError
 from raylsl.fetch import fetch_wheel
+from raylsl.images import chat_content, row_images
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class MCExample:
     context: str
     choices: tuple[str, ...]
     label: int
+    images: tuple[bytes, ...] = ()
+    """Encoded images the context shows (before its text), for vision-language models."""
 
 
 @dataclass(frozen=True)
@@ -51,14 +58,17 @@ class GenExample:
 
     ``completion`` rows (and ``alpaca`` rows, rendered with Alpaca's prompt) hold ``prompt`` and
     ``completion``; ``chat`` rows hold ``messages`` as (role, content) pairs, every assistant turn a
-    target; ``text`` rows hold ``text``, every token a target."""
+    target; ``text`` rows hold ``text``, every token a target. A message with images has parts as
+    its content: text strings, and for each image its index in ``images``."""
 
     format: str
     prompt: str = ""
     completion: str = ""
-    messages: tuple[tuple[str, str], ...] = ()
+    messages: tuple[tuple[str, str | tuple[str | int, ...]], ...] = ()
     text: str = ""
     answer: str | None = None
+    images: tuple[bytes, ...] = ()
+    """Encoded images the messages show, in order."""
 
 
 GENERATIVE_FORMATS = ("completion", "alpaca", "chat", "text")
@@ -82,6 +92,11 @@ class TaskSplits:
         """Instruction, chat, completion or text data (`GenExample`), not multiple choice."""
         return bool(self.train) and isinstance(self.train[0], GenExample)
 
+    @property
+    def has_images(self) -> bool:
+        """Some example shows an image (the task needs a vision-language model)."""
+        return any(ex.images for split in (self.train, self.validation, self.test) for ex in split)
+
 
 def load_task(task: TaskSettings, data: DataSettings) -> TaskSplits:
     """Loads a task and splits it with ``data.seed``.
@@ -94,18 +109,25 @@ def load_task(task: TaskSettings, data: DataSettings) -> TaskSplits:
 
 
 def example_record(example) -> dict[str, Any]:
-    """An example as plain JSON values (a sweep stores its task's examples in its storage)."""
+    """An example as plain JSON values (a sweep stores its task's examples in its storage), its
+    images base64-encoded."""
+    images = [base64.b64encode(image).decode("ascii") for image in example.images]
     if isinstance(example, GenExample):
         return {"kind": "gen", "format": example.format, "prompt": example.prompt, "completion": example.completion,
-                "messages": [list(m) for m in example.messages], "text": example.text, "answer": example.answer}
-    return {"kind": "mc", "context": example.context, "choices": list(example.choices), "label": example.label}
+                "messages": [list(m) for m in example.messages], "text": example.text, "answer": example.answer,
+                "images": images}
+    return {"kind": "mc", "context": example.context, "choices": list(example.choices), "label": example.label,
+            "images": images}
 
 
 def example_from_record(record: dict[str, Any]):
+    images = tuple(base64.b64decode(image) for image in record.get("images", ()))
     if record.get("kind") == "gen":
-        return GenExample(record["format"], record["prompt"], record["completion"],
-                          tuple(tuple(m) for m in record["messages"]), record["text"], record["answer"])
-    return MCExample(record["context"], tuple(record["choices"]), record["label"])
+        messages = tuple((role, content if isinstance(content, str) else tuple(content))
+                         for role, content in record["messages"])
+        return GenExample(record["format"], record["prompt"], record["completion"], messages, record["text"],
+                          record["answer"], images)
+    return MCExample(record["context"], tuple(record["choices"]), record["label"], images)
 
 
 def read_examples(task: TaskSettings, data: DataSettings | None = None) -> list:
@@ -158,9 +180,10 @@ def row_format(row: dict, task: TaskSettings) -> str | None:
     return None
 
 
-def make_example(row: Any, task: TaskSettings, where: str, fmt: str | None = None):
+def make_example(row: Any, task: TaskSettings, where: str, fmt: str | None = None, base: Path | None = None):
     """Validates one row (a mapping) into an `MCExample` or a `GenExample`, in format ``fmt``
-    (default: ``task.format``, or the row's own when that is auto); errors name ``where`` (file:line)."""
+    (default: ``task.format``, or the row's own when that is auto); errors name ``where`` (file:line).
+    Image paths are relative to ``base`` (the data file's directory)."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     fmt = fmt or (task.format if task.format != "auto" else row_format(row, task))
@@ -170,7 +193,7 @@ def make_example(row: Any, task: TaskSettings, where: str, fmt: str | None = Non
                         f"'prompt'/'completion', 'instruction'/'input'/'output', 'messages' or 'text' "
                         f"(or set task.format=)")
     if fmt in GENERATIVE_FORMATS:
-        return _generative(row, fmt, where)
+        return _generative(row, fmt, where, task, base)
     missing = [f for f in (task.context_field, task.choices_field, task.label_field) if f not in row]
     if missing:
         raise DataError(f"{where}: missing field(s) {', '.join(missing)}; each row needs "
@@ -184,7 +207,7 @@ def make_example(row: Any, task: TaskSettings, where: str, fmt: str | None = Non
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
         raise DataError(f"{where}: '{task.label_field}' must be an integer index into "
                         f"'{task.choices_field}' (0..{len(choices) - 1}), got {label!r}")
-    return MCExample(context, tuple(choices), label)
+    return MCExample(context, tuple(choices), label, tuple(row_images(row, task.image_field, where, base)))
 
 
 def _text(row: dict, key: str, where: str, fmt: str, empty_ok: bool = False) -> str:
@@ -198,7 +221,7 @@ def _text(row: dict, key: str, where: str, fmt: str, empty_ok: bool = False) -> 
     return value
 
 
-def _generative(row: dict, fmt: str, where: str) -> GenExample:
+def _generative(row: dict, fmt: str, where: str, task: TaskSettings, base: Path | None) -> GenExample:
     answer = row.get("answer")
     if answer is not None and not isinstance(answer, (str, int, float)):
         raise DataError(f"{where}: 'answer' must be a string or a number")
@@ -219,15 +242,20 @@ def _generative(row: dict, fmt: str, where: str) -> GenExample:
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role': ..., 'content': ...}}")
-    pairs = []
+    pairs, images = [], []
+    spare = iter(row_images(row, task.image_field, where, base))
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
-                or not isinstance(message.get("content"), str):
-            raise DataError(f"{where}: messages[{i}] must be {{'role': <string>, 'content': <string>}}")
-        pairs.append((message["role"], message["content"]))
+                or not isinstance(message.get("content"), (str, list)):
+            raise DataError(f"{where}: messages[{i}] must be {{'role': <string>, 'content': <string or parts>}}")
+        content = chat_content(message["content"], i, message["role"], where, base, spare, images)
+        pairs.append((message["role"], content))
     if not any(role == "assistant" for role, _ in pairs):
         raise DataError(f"{where}: a chat row needs at least one 'assistant' message (the turns the model learns)")
-    return GenExample(fmt, messages=tuple(pairs), answer=answer)
+    if next(spare, None) is not None:
+        raise DataError(f"{where}: the row's '{task.image_field}' has more images than its messages have image parts "
+                        f"({{'type': 'image'}}) to place them")
+    return GenExample(fmt, messages=tuple(pairs), answer=answer, images=tuple(images))
 
 
 def _read_jsonl(path: Path, task: TaskSettings) -> list:
@@ -248,7 +276,7 @@ def _read_jsonl(path: Path, task: TaskSettings) -> list:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg}); fix or remove that line") from None
             if fmt is None and isinstance(row, dict):  # the first row decides; every row is then held to it
                 fmt = row_format(row, task)
-            examples.append(make_example(row, task, f"{path}:{lineno}", fmt))
+            examples.append(make_example(row, task, f"{path}:{lineno}", fmt, path.parent))
     if not examples:
         raise DataError(f"{path} holds no examples")
     return examples
@@ -256,15 +284,15 @@ def _read_jsonl(path: Path, task: TaskSettings) -> list:
 
 def _read_with_datasets(path: Path, task: TaskSettings) -> list[MCExample]:
     builder = {".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
-    return _rows_from_datasets(str(path), task, builder=builder, data_files=str(path))
+    return _rows_from_datasets(str(path), task, path.parent, builder=builder, data_files=str(path))
 
 
 def _read_hf(spec: str, task: TaskSettings) -> list[MCExample]:
     name, _, config = spec.partition(":")
-    return _rows_from_datasets(f"hf:{spec}", task, builder=name, name=config or None)
+    return _rows_from_datasets(f"hf:{spec}", task, None, builder=name, name=config or None)
 
 
-def _rows_from_datasets(where: str, task: TaskSettings, builder: str, **kwargs) -> list[MCExample]:
+def _rows_from_datasets(where: str, task: TaskSettings, base: Path | None, builder: str, **kwargs) -> list[MCExample]:
     try:
         import datasets
     except ImportError:
@@ -275,7 +303,7 @@ def _rows_from_datasets(where: str, task: TaskSettings, builder: str, **kwargs) 
         raise DataError(f"cannot load {where} (split '{task.split}'): {exc}") from None
     fmt = None if task.format == "auto" or not len(ds) else task.format
     fmt = fmt or (row_format(ds[0], task) if len(ds) else None)
-    return [make_example(row, task, f"{where} row {i}", fmt) for i, row in enumerate(ds)]
+    return [make_example(row, task, f"{where} row {i}", fmt, base) for i, row in enumerate(ds)]
 
 
 # --- offline catalog from the evals wheel ---------------------------------------------------------

@@ -90,7 +90,9 @@ def _write_peft(adapter: Path, out: Path) -> None:
 
 def _write_padded(adapter: Path, out: Path, skeleton: nn.Module) -> None:
     """Every block's LoRA weights: the saved ones, zeros where the run chose no adapter (shapes
-    from peft itself, on a skeleton of the base on the meta device: nothing is allocated)."""
+    from peft itself, on a skeleton of the base on the meta device: nothing is allocated). Where
+    the pattern was qualified (another block list shares its name: a vision-language model's vision
+    tower), ``exclude_modules`` keeps the adapter off every module outside the adapted list."""
     from peft import LoraConfig, get_peft_model
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file
@@ -98,6 +100,8 @@ def _write_padded(adapter: Path, out: Path, skeleton: nn.Module) -> None:
     config = adapter_config(adapter)
     pattern = config.get("layers_pattern")
     config.update(layers_to_transform=None, layers_pattern=None)
+    if pattern and "." in pattern:
+        config["exclude_modules"] = rf"(?!(?:.*\.)?{re.escape(pattern)}\.\d+\.).*"
     if config.get("target_parameters"):  # peft matches a parameter by suffix: the name in a block names it in every block
         block_name = re.compile(rf"^.*?\b{re.escape(pattern or 'layers')}\.\d+\.")
         config["target_parameters"] = sorted({block_name.sub("", name) for name in config["target_parameters"]})

@@ -11,7 +11,7 @@ from transformers.pytorch_utils import Conv1D
 
 from raylsl.config import LoraSettings
 from raylsl.errors import ConfigError, RaylslWarning
-from raylsl.models import ENCODER, architecture, describe, layers_pattern, unsupported
+from raylsl.models import ENCODER, architecture, block_index, describe, layers_pattern, unsupported
 
 # The multiple-choice head of encoder models trains with the adapters (peft modules_to_save).
 ENCODER_HEAD = ("classifier",)
@@ -100,7 +100,8 @@ def apply_lora(model: nn.Module, layers: list[int], settings: LoraSettings, bloc
     The selection is expressed as peft's own ``layers_to_transform`` / ``layers_pattern``, so the
     saved adapter config reproduces it and ``PeftModel.from_pretrained`` needs nothing from raylsl.
     Fused expert weights (``lora.target_parameters``) are named block by block: peft applies no
-    layer filter to parameters.
+    layer filter to parameters. A vision-language model's vision tower holds layers of the same
+    names in a list of the same name: `layers_pattern` qualifies the pattern so it does not match.
 
     Raises:
         ConfigError: a configured target is not in the blocks.
@@ -119,7 +120,7 @@ def apply_lora(model: nn.Module, layers: list[int], settings: LoraSettings, bloc
     config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=targets, layers_to_transform=list(layers),
-        layers_pattern=layers_pattern(blocks_path), target_parameters=experts or None,
+        layers_pattern=layers_pattern(blocks_path, model), target_parameters=experts or None,
         fan_in_fan_out=layer_types == {True},
         modules_to_save=list(ENCODER_HEAD) if kind == ENCODER else None,
     )
@@ -129,8 +130,12 @@ def apply_lora(model: nn.Module, layers: list[int], settings: LoraSettings, bloc
     if experts:
         peft_model.peft_config["default"].target_parameters = experts
     adapted = adapted_blocks(peft_model, blocks_path)
-    if adapted != sorted(layers):
-        raise unsupported(model, f"peft adapted blocks {adapted} of {blocks_path} instead of {sorted(layers)}")
+    inside = block_index(blocks_path)
+    elsewhere = sorted({name.split(".lora_")[0] for name, _ in peft_model.named_parameters()
+                        if "lora_" in name and not inside.search(name)})
+    if adapted != sorted(layers) or elsewhere:
+        found = f"blocks {adapted} of {blocks_path}" + (f" and {', '.join(elsewhere)}" if elsewhere else "")
+        raise unsupported(model, f"peft adapted {found} instead of blocks {sorted(layers)}")
     for module in peft_model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if isinstance(dropouts, nn.ModuleDict):
@@ -222,5 +227,6 @@ def count_trainable(model: nn.Module) -> dict[str, int]:
 
 def adapted_blocks(model: nn.Module, blocks_path: str) -> list[int]:
     """Indices of the blocks that hold at least one LoRA parameter (read back from the model)."""
-    pattern = re.compile(rf"\.{re.escape(layers_pattern(blocks_path))}\.(\d+)\..*lora_")
-    return sorted({int(m[1]) for name, _ in model.named_parameters() if (m := pattern.search(name))})
+    pattern = block_index(blocks_path)
+    return sorted({int(m[1]) for name, _ in model.named_parameters()
+                   if "lora_" in name and (m := pattern.search(name))})

@@ -21,10 +21,12 @@ import torch
 
 from raylsl.config import RunConfig, deepspeed_config, load_config
 from raylsl.data import TaskSplits, load_task, split_examples
+from raylsl.errors import ConfigError
 from raylsl.fit import DoesNotFit, check_fit, target_device
 from raylsl.lora import parse_layers
-from raylsl.models import ModelSpec, find_blocks, resolve_model, shipped_directory
+from raylsl.models import VLM, ModelSpec, find_blocks, resolve_model, shipped_directory
 from raylsl.models.loading import load_options
+from raylsl.models.vision import unread_blocks
 from raylsl.selectors import (Budget, LayerScores, Selection, build_selector, check_budget, run_selector,
                               select_blocks)
 
@@ -150,12 +152,18 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
     check_config(config)
     spec = resolve_model(config.model.name, config.model.kind)
     task = split_examples(config.task.name, examples, config.data) if examples is not None else load_task(config.task, config.data)
+    if task.has_images and spec.kind != VLM:
+        raise ConfigError(f"task {config.task.name} has images, and model {config.model.name} reads text only "
+                          f"({spec.kind}): train a vision-language model (model.kind=vlm; docs/vision.md)")
     selector = build_selector(config.selector, config.selector_options.get(config.selector)) if config.selector else None
     known = (scores or {}).get(score_key(config)) if selector is not None and selector.needs_data else None
     scoring = layers is None and selector is not None and selector.needs_data and known is None
     loaded = load_base(spec, config, local_device()) if scoring else None
-    blocks_path, blocks = find_blocks(loaded[0] if loaded else spec.skeleton(), config.blocks_path)
+    structure = loaded[0] if loaded else spec.skeleton()
+    blocks_path, blocks = find_blocks(structure, config.blocks_path)
     num_blocks = len(blocks)
+    unread = unread_blocks(structure.config, blocks_path, num_blocks)
+    del structure
     selection = None
     if layers is None and selector is None:
         layers = parse_layers(config.layers, num_blocks)
@@ -163,9 +171,13 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
         selection = Selection(known, selector.choose(known, Budget(config.n, config.threshold, config.mass)), 0.0, True)
         layers = selection.layers
     elif layers is None:
-        selection = _select(config, selector, spec.kind, loaded, blocks, blocks_path, task)
+        selection = _select(config, selector, spec.kind, loaded, blocks, blocks_path, task, tuple(unread))
         layers = selection.layers
     del blocks
+    if set(layers) & set(unread):
+        raise ConfigError(f"blocks {sorted(set(layers) & set(unread))} of {blocks_path} do not feed the language model "
+                          f"(it reads the vision tower's features before them: vision_feature_layer); choose among "
+                          f"0-{min(unread) - 1} with layers=")
     try:  # before the model loads to train (a model loaded only to score is released on refusal)
         device = target_device(config) if fit else None
         checkpointing = check_fit(config, device, list(layers), task.generative)
@@ -184,11 +196,13 @@ def build_plan(config: RunConfig, name: str, storage: str, layers: list[int] | N
     return plan, loaded
 
 
-def _select(config: RunConfig, selector, kind: str, loaded, blocks, blocks_path: str, task: TaskSplits) -> Selection:
-    """Runs the configured selector (on this machine's accelerator when it reads data)."""
+def _select(config: RunConfig, selector, kind: str, loaded, blocks, blocks_path: str, task: TaskSplits,
+            unread: tuple[int, ...]) -> Selection:
+    """Runs the configured selector (on this machine's accelerator when it reads data), never
+    choosing the ``unread`` blocks (`raylsl.models.vision.unread_blocks`)."""
     budget = Budget(config.n, config.threshold, config.mass)
     if not selector.needs_data:
-        return run_selector(selector, budget, len(blocks), None, None)
+        return run_selector(selector, budget, len(blocks), None, None, exclude=unread)
     from raylsl.objective import run_objective
 
     model, tokenizer = loaded
@@ -196,7 +210,7 @@ def _select(config: RunConfig, selector, kind: str, loaded, blocks, blocks_path:
     return select_blocks(model, blocks, objective, task.train, selector,
                          budget, config.calibration, config.lora.target_modules, config.data.max_length,
                          use_cache=config.score_cache, validation=task.validation, blocks_path=blocks_path,
-                         lora=config.lora, train_settings=config.train)
+                         lora=config.lora, train_settings=config.train, exclude=unread)
 
 
 def load_base(spec: ModelSpec, config: RunConfig, device: torch.device,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from raylsl.config import load_config
 
@@ -54,3 +56,15 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Torch's intra-op threads set to ``count`` inside the body. Tiny models compute fastest on
+    one: extra threads only spin against each other and whatever else runs on the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

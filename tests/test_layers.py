@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).parents[1] / "raylsl"
 LAYERS = [
     {"errors", "fetch", "storage", "lease", "callbacks", "tracking"},  # shared utilities
     {"config"},
-    {"data", "models", "optim"},
+    {"data", "images", "models", "optim"},
     {"objective", "lora", "export"},
     {"selectors"},
     {"plan", "fit"},  # config -> plan, and whether it fits

@@ -2,10 +2,10 @@
 mapping, that the runtime reads and the architecture test matrix (``tests/models/``) iterates.
 
 A family is a transformers ``model_type``. For each: its kind (decoder: causal LM; encoder:
-multiple-choice head), the dotted path of its block list in the class raylsl loads, the LoRA
-targets raylsl picks by default (every ``nn.Linear`` or GPT-2 ``Conv1D`` inside a block, fused
-projections such as Phi-3's ``qkv_proj`` included, router gates excluded), and, for mixtures of
-experts, the fused expert parameters.
+multiple-choice head; vlm: a vision-language model, an image-text-to-text class), the dotted
+path of its block list in the class raylsl loads, the LoRA targets raylsl picks by default (every
+``nn.Linear`` or GPT-2 ``Conv1D`` inside a block, fused projections such as Phi-3's ``qkv_proj``
+included, router gates excluded), and, for mixtures of experts, the fused expert parameters.
 
 MoE models: the routed experts are 3-D parameters in transformers 5, not linear layers. By default
 raylsl adapts attention and any dense MLP (Qwen2-MoE's shared expert), not the routed experts, and
@@ -14,6 +14,10 @@ Flexora's per-block gates cannot reach it, and TGI, LoRAX and llama.cpp serve no
 so the default adapter is one every server takes. ``lora.target_parameters`` (with
 ``lora.dropout=0``) adapts them too. Router gates are never targets: they choose experts, and the
 peft and serving paths treat them as plain weights.
+
+Vision-language models (LLaVA, Idefics3): the blocks are the language model's decoder blocks; the
+vision tower's blocks are a separate set (``vision_blocks_path``, which ``blocks_path`` may name);
+the vision tower and the projector (``vision_modules``) hold no adapter and stay frozen.
 
 Families not in the table still run: blocks are discovered, targets are every linear layer in a
 block, and the kind follows transformers' own auto classes (`model_kind`).
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 
 from raylsl.errors import ModelError
 
-DECODER, ENCODER = "decoder", "encoder"
+DECODER, ENCODER, VLM = "decoder", "encoder", "vlm"
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class Architecture:
     model_type: str
     """transformers' ``config.model_type``."""
     kind: str
-    """decoder (causal LM) or encoder (multiple-choice head)."""
+    """decoder (causal LM), encoder (multiple-choice head) or vlm (image-text-to-text)."""
     blocks_path: str
     """Dotted path of the block ModuleList in the class raylsl loads."""
     targets: tuple[str, ...]
@@ -51,11 +55,19 @@ class Architecture:
     routers: tuple[str, ...] = ()
     """Leaf names of the router gates inside a block (linear or not): never targets, and not
     counted as weights left unadapted."""
+    vision_blocks_path: str | None = None
+    """A vision-language model's vision-tower block list (``blocks_path`` may name it instead)."""
+    vision_modules: tuple[str, ...] = ()
+    """A vision-language model's vision tower and projector: frozen, no adapter by default."""
 
     @property
     def heads(self) -> tuple[str, ...]:
         """The objectives raylsl trains this family with."""
-        return ("multiple choice",) if self.kind == ENCODER else ("causal LM: multiple choice", "causal LM: generative")
+        if self.kind == ENCODER:
+            return ("multiple choice",)
+        if self.kind == VLM:
+            return ("image+text: multiple choice", "image+text: generative")
+        return ("causal LM: multiple choice", "causal LM: generative")
 
 
 _LLAMA_TARGETS = ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj")
@@ -87,14 +99,20 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("DeBERTa-v2", "deberta-v2", ENCODER, "deberta.encoder.layer",
                  ("dense", "key_proj", "query_proj", "value_proj")),
     Architecture("ModernBERT", "modernbert", ENCODER, "model.layers", ("Wi", "Wo", "Wqkv"), fused=("Wi", "Wqkv")),
+    Architecture("LLaVA", "llava", VLM, "model.language_model.layers", _LLAMA_TARGETS,
+                 vision_blocks_path="model.vision_tower.encoder.layers",
+                 vision_modules=("model.multi_modal_projector", "model.vision_tower")),
+    Architecture("Idefics3", "idefics3", VLM, "model.text_model.layers", _LLAMA_TARGETS,
+                 vision_blocks_path="model.vision_model.encoder.layers",
+                 vision_modules=("model.connector", "model.vision_model")),
 )
 """Every family the architecture matrix tests; `docs/architectures.md` is generated from it."""
 
 _BY_TYPE = {arch.model_type: arch for arch in ARCHITECTURES}
 
-WAYS_OUT = ("set model.kind=decoder|encoder (causal LM or multiple-choice head), blocks_path=<dotted path of the "
-            "block ModuleList>, or lora.target_modules=[<leaf names of the layers to adapt>]; the tested families "
-            "are listed in docs/architectures.md")
+WAYS_OUT = ("set model.kind=decoder|encoder|vlm (causal LM, multiple-choice head or image-text-to-text), "
+            "blocks_path=<dotted path of the block ModuleList>, or lora.target_modules=[<leaf names of the layers to "
+            "adapt>]; the tested families are listed in docs/architectures.md")
 """The keys that tell raylsl what it could not find out about a model."""
 
 
@@ -114,12 +132,14 @@ def describe(model_or_config) -> str:
 
 def model_kind(config) -> str:
     """encoder when transformers has a multiple-choice class for the config's family (BERT,
-    RoBERTa, DeBERTa, ModernBERT...), decoder when it has a causal-LM class.
+    RoBERTa, DeBERTa, ModernBERT...), decoder when it has a causal-LM class, vlm when it has an
+    image-text-to-text class only (LLaVA, Idefics3, Qwen2-VL...).
 
     Raises:
-        ModelError: transformers has neither, naming the architecture and the ways out.
+        ModelError: transformers has none of them, naming the architecture and the ways out.
     """
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
                                                         MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES)
 
     model_type = getattr(config, "model_type", "")
@@ -127,7 +147,9 @@ def model_kind(config) -> str:
         return ENCODER
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return DECODER
-    raise unsupported(config, "transformers has no causal-LM or multiple-choice class for it")
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return VLM
+    raise unsupported(config, "transformers has no causal-LM, multiple-choice or image-text-to-text class for it")
 
 
 def unsupported(model_or_config, reason: str) -> ModelError:

@@ -7,6 +7,8 @@ Named models:
         with a multiple-choice head trained alongside the adapters.
     tiny-llama / tiny-bert: random models built from a config with a byte-level tokenizer, for
         tests and smoke runs (no download).
+    tiny-llava: a random LLaVA-style vision-language model (Llama blocks, a CLIP vision tower) and
+        its processor, likewise (`raylsl.models.vision`).
 Shipped configs (``configs/<name>/config.json`` in this package, no weights): the architectures
 people tune (`SHIPPED`: Llama 3.x 1B-70B, Qwen2.5-7B, Mistral-7B). `raylsl estimate` reads them
 offline; their weights come from their hub id, or are random with ``model.weights=random``. A hub
@@ -27,8 +29,9 @@ from torch import nn
 
 from raylsl.errors import ModelError
 from raylsl.fetch import cache_dir, cached_directory, fetch_wheel, unpack
-from raylsl.models.architectures import DECODER, ENCODER, model_kind, unsupported
+from raylsl.models.architectures import DECODER, ENCODER, VLM, model_kind, unsupported
 from raylsl.models.loading import LoadOptions, from_config, from_pretrained, loaded_error
+from raylsl.models.vision import build_tiny_llava, text_tokenizer
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 SHIPPED = {
@@ -48,7 +51,8 @@ class ModelSpec:
 
     name: str
     kind: str
-    """decoder (causal LM, scored by choice log-likelihood) or encoder (multiple-choice head)."""
+    """decoder (causal LM, scored by choice log-likelihood), encoder (multiple-choice head) or vlm
+    (image-text-to-text, loaded with its processor)."""
     directory: Callable[[], str]
     """Where ``from_pretrained`` reads the weights and tokenizer: a cache or local directory, or a
     hub id (called only when they are needed: building a named model's cache takes a while)."""
@@ -68,7 +72,8 @@ class ModelSpec:
 
     def load(self, options: LoadOptions | None = None) -> tuple[nn.Module, object]:
         """Returns ``(model, tokenizer)`` with the model in eval mode and frozen, loaded as
-        ``options`` say (default: float32 on the CPU, pretrained weights).
+        ``options`` say (default: float32 on the CPU, pretrained weights); for a vision-language
+        model the tokenizer is its processor.
 
         Inside `raylsl.distributed.deepspeed_engine.sharded_init` (ZeRO-3), transformers builds
         the model partitioned across the ranks as it loads, so no rank holds all of it.
@@ -86,24 +91,28 @@ class ModelSpec:
                 raise loaded_error(self.name, exc) from None
         model.eval()
         model.requires_grad_(False)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        text = text_tokenizer(tokenizer)
+        if text.pad_token is None:
+            text.pad_token = text.eos_token
         return model, tokenizer
 
     def _tokenizer(self, fallback: bool = False):
-        """The model's tokenizer; with ``fallback``, a byte tokenizer where it has none here (random
-        weights from a shipped config: the tokens' meaning does not matter then)."""
-        from transformers import AutoTokenizer
+        """The model's tokenizer (a vision-language model's processor); with ``fallback``, a byte
+        tokenizer where a text model has none here (random weights from a shipped config: the
+        tokens' meaning does not matter then). Images need the model's own processor."""
+        from transformers import AutoProcessor, AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.directory())
-        except (OSError, ValueError, TypeError):
+            tokenizer = (AutoProcessor if self.kind == VLM else AutoTokenizer).from_pretrained(self.directory())
+        except (OSError, ValueError, TypeError) as exc:
             if not fallback:
                 raise
+            if self.kind == VLM:
+                raise loaded_error(self.name, exc) from None
             tokenizer = None
         # transformers builds an empty tokenizer of the family's class from a directory that has a
         # config but no tokenizer files: no vocabulary to speak of, so not one to train with.
-        if fallback and (tokenizer is None or len(tokenizer) < 256):
+        if fallback and self.kind != VLM and (tokenizer is None or len(tokenizer) < 256):
             return byte_tokenizer(encoder=self.kind == ENCODER)
         return tokenizer
 
@@ -122,7 +131,7 @@ def resolve_model(name: str, kind: str = "auto") -> ModelSpec:
 
     Args:
         kind: ``auto`` (a named model's own, else from the model's config: `model_kind`),
-            ``decoder`` or ``encoder`` (``model.kind``).
+            ``decoder``, ``encoder`` or ``vlm`` (``model.kind``).
 
     Raises:
         ModelError: the name is neither known, nor a directory, nor shaped like a hub id, its
@@ -212,11 +221,11 @@ def model_class(kind: str, config):
         ModelError: it has no class for ``config``'s family (``model.kind`` names the wrong one),
             instead of transformers' ValueError.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMultipleChoice
 
-    cls = AutoModelForMultipleChoice if kind == ENCODER else AutoModelForCausalLM
+    cls = {ENCODER: AutoModelForMultipleChoice, VLM: AutoModelForImageTextToText}.get(kind, AutoModelForCausalLM)
     if type(config) not in cls._model_mapping:
-        head = "multiple-choice" if kind == ENCODER else "causal-LM"
+        head = {ENCODER: "multiple-choice", VLM: "image-text-to-text"}.get(kind, "causal-LM")
         raise unsupported(config, f"model.kind={kind} asks for its {head} class, which transformers does not have")
     return cls
 
@@ -295,4 +304,5 @@ _NAMED = {
     "minilm-l6": ModelSpec("minilm-l6", ENCODER, _minilm_dir),
     "tiny-llama": _built("tiny-llama", _tiny_llama, DECODER),
     "tiny-bert": _built("tiny-bert", _tiny_bert, ENCODER),
+    "tiny-llava": _built("tiny-llava", build_tiny_llava, VLM),
 }

@@ -48,9 +48,18 @@ def make_objective(kind: str, tokenizer, max_length: int, generative: bool = Fal
     """The objective for a model family (``kind``) and a task: multiple choice, or generative
     (`raylsl.objective.generative`, decoders only; ``generation``: its ``answer_pattern``,
     ``max_new_tokens`` and ``stop``). ``loss_chunk``: a decoder's head and loss run over chunks of
-    that many target positions (`raylsl.objective.causal`)."""
-    from raylsl.models import ENCODER
+    that many target positions (`raylsl.objective.causal`). A vision-language model (``vlm``,
+    ``tokenizer`` its processor) gets the image-aware objectives of `raylsl.objective.vision`."""
+    from raylsl.models import ENCODER, VLM
     from raylsl.objective.multiple_choice import DecoderMC, EncoderMC
+
+    if kind == VLM:
+        from raylsl.objective.vision import VisionLM, VisionMC
+
+        objective = (VisionLM(tokenizer, max_length, chat_template, **(generation or {})) if generative
+                     else VisionMC(tokenizer, max_length, chat_template))
+        objective.loss_chunk = loss_chunk
+        return objective
 
     if generative:
         if kind == ENCODER:

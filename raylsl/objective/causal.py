@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raylsl.models.heads import chunked_nll, head_only_at, hidden_at, output_head, unwrap  # noqa: F401 (re-exported)
+from raylsl.models.vision import image_inputs
 
 LAYOUTS = ("packed", "padded", "full")
 VERIFY_EXAMPLES = 4
@@ -141,13 +142,15 @@ def position_nll(model: nn.Module, inputs: dict, predicts: torch.Tensor, labels:
 
 def target_nll(model: nn.Module, batch: dict[str, torch.Tensor], layout: str, chunk: int = 0) -> torch.Tensor:
     """Summed NLL of the batch's target tokens, computed in ``layout`` (packed, padded or full),
-    the head and loss in chunks of ``chunk`` target positions (0: at once; not with ``full``)."""
+    the head and loss in chunks of ``chunk`` target positions (0: at once; not with ``full``).
+    A batch's images (`raylsl.models.vision.IMAGE_INPUTS`) go to the model with its padded rows."""
     if layout == "packed":
         ids, targets = batch["packed_ids"], batch["packed_targets"]
         inputs = {"input_ids": ids, "position_ids": batch["packed_positions"], "use_cache": False}
     else:
         ids, targets = batch["input_ids"], batch["target_mask"]
-        inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"], "use_cache": False}
+        inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"], "use_cache": False,
+                  **image_inputs(batch)}
     labels = ids[:, 1:][targets[:, 1:]]
     predicts = F.pad(targets[:, 1:], (0, 1))  # position t predicts token t+1
     if layout == "full":
@@ -162,9 +165,10 @@ def sample_batch(batch: dict[str, torch.Tensor], seqs: Sequence[Tokens], pad_id:
     return {k: v.to(device) for k, v in {**padded(seqs, pad_id), **packed(seqs, pad_id)}.items()}
 
 
-def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor], chunk: int = 0) -> tuple[str, int]:
-    """The fastest layout whose loss on ``sample`` equals the full-logits loss, and ``chunk`` if
-    the chunked head agrees too, else 0 (see module doc).
+def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor], chunk: int = 0,
+                  candidates: tuple[str, ...] = LAYOUTS[:-1]) -> tuple[str, int]:
+    """The fastest of the ``candidates`` layouts whose loss on ``sample`` equals the full-logits
+    loss, and ``chunk`` if the chunked head agrees too, else 0 (see module doc).
 
     Runs in eval mode with the RNG state restored afterwards, so a run's random stream (dropout,
     data) is the same whether or not this check happened in it. Under torch.distributed every rank
@@ -181,6 +185,8 @@ def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor], chunk: int 
             # Every layout runs, agreeing or not: under ZeRO-3 each forward is a collective, and
             # all ranks must make the same calls.
             for index, layout in reversed(list(enumerate(LAYOUTS[:-1]))):
+                if layout not in candidates:
+                    continue
                 try:
                     value = float(target_nll(model, sample, layout))
                 except Exception:  # a model whose forward rejects the layout's inputs
@@ -196,7 +202,7 @@ def choose_layout(model: nn.Module, sample: dict[str, torch.Tensor], chunk: int 
         model.train(was_training)
     found = _max_over_ranks(found, device)
     chunked = chunk > 0 and _max_over_ranks(int(not chunked), device) == 0
-    if found > 0:
+    if LAYOUTS[found] != candidates[0]:
         warnings.warn(f"raylsl: {type(unwrap(model)).__name__}'s loss in the faster layout(s) did not match the "
                       f"plain computation; using the {LAYOUTS[found]} layout (slower, same result)", RuntimeWarning)
     if chunk and not chunked:
@@ -221,6 +227,13 @@ class CausalTargets(ABC):
     def tokens(self, example) -> Tokens:
         """The example's token ids and which of them are targets."""
 
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def fit(self, parts: Sequence[tuple[list[int], bool]]) -> Tokens:
+        """Token segments (ids, is_target) as one sequence within ``max_length`` (`make_tokens`)."""
+        return make_tokens(parts, self.max_length)
+
     def batch(self, examples: list) -> dict[str, torch.Tensor]:
         """The examples' target sequences as right-padded rows and as packed rows."""
         seqs = [self.tokens(ex) for ex in examples]
@@ -239,15 +252,20 @@ class CausalTargets(ABC):
     def target_nll_per_example(self, model: nn.Module, examples: list) -> list[tuple[float, int]]:
         """(summed target NLL, target count) of each example: one padded forward, the head only at
         the positions that predict a target."""
+        return self.sequence_nll(model, [self.tokens(ex) for ex in examples])
+
+    def sequence_nll(self, model: nn.Module, seqs: list[Tokens], images: dict | None = None) -> list[tuple[float, int]]:
+        """(summed target NLL, target count) of each sequence, given the sequences' ``images``
+        (`raylsl.models.vision.IMAGE_INPUTS`, in order)."""
         device = next(unwrap(model).parameters()).device
-        batch = {k: v.to(device) for k, v in padded([self.tokens(ex) for ex in examples],
-                                                     self.tokenizer.pad_token_id).items()}
+        batch = {k: v.to(device) for k, v in {**padded(seqs, self.tokenizer.pad_token_id), **(images or {})}.items()}
         targets = batch["target_mask"]
         predicts = F.pad(targets[:, 1:], (0, 1))
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False,
+                  **image_inputs(batch)}
         nll = position_nll(model, inputs, predicts, batch["input_ids"][:, 1:][targets[:, 1:]], self.loss_chunk)
         rows = predicts.nonzero()[:, 0]
-        sums = torch.zeros(len(examples), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
+        sums = torch.zeros(len(seqs), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
         return [(float(total), int(count)) for total, count in zip(sums.tolist(), targets.sum(-1).tolist())]
 
 

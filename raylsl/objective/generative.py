@@ -29,7 +29,7 @@ from raylsl.data import GenExample
 from raylsl.errors import DataError
 from raylsl.models import DECODER
 from raylsl.objective.base import loss_metrics
-from raylsl.objective.causal import CausalTargets, Tokens, make_tokens, unwrap
+from raylsl.objective.causal import CausalTargets, Tokens, unwrap
 
 GSM8K_ANSWER = r"####\s*([^\n]+)"
 NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -79,6 +79,32 @@ def reference_answer(example: GenExample, pattern: str | None = None) -> str | N
     return extract_answer(target, pattern, last_number=False) if target else None
 
 
+def chat_message(role: str, content: str | tuple[str | int, ...]) -> dict:
+    """A message as chat templates take it: content parts (a `GenExample`'s images as indices) as
+    ``{"type": "image"}`` and ``{"type": "text", "text": ...}``."""
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    return {"role": role, "content": [{"type": "image"} if isinstance(part, int) else {"type": "text", "text": part}
+                                      for part in content]}
+
+
+def render_chat(owner, chat_template: str | None, messages: list[dict], generation_prompt: bool) -> str:
+    """``messages`` as text, by ``owner``'s (a tokenizer's or processor's) chat template or
+    ``chat_template`` (``task.chat_template``), with the generation prompt after them if asked.
+
+    Raises:
+        DataError: neither template exists.
+    """
+    if chat_template is None and not getattr(owner, "chat_template", None):
+        what = "processor" if hasattr(owner, "image_processor") else "tokenizer"
+        raise DataError(f"chat data needs a chat template: this model's {what} has none; give one with "
+                        f"task.chat_template= (a Jinja template), or use completion rows (prompt/completion)")
+    if not messages:
+        return ""
+    return owner.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
+                                     add_generation_prompt=generation_prompt)
+
+
 def task_metric(examples: list, pattern: str | None = None) -> str:
     """The metric a sweep ranks a task's runs by: ``acc`` for multiple choice; for generative tasks
     ``exact_match`` when any example has a reference answer, else the held-out ``loss``."""
@@ -103,16 +129,13 @@ class DecoderLM(CausalTargets):
         self.layout = None
         self._tokens: dict[GenExample, Tokens] = {}
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
     def segments(self, example: GenExample) -> list[tuple[str, bool]]:
         """The example's text as (segment, is_target) pairs, in order."""
         if example.format == "text":
             return [(example.text, True)]
         if example.format != "chat":
             return [(example.prompt, False), (example.completion, True)]
-        messages = [{"role": role, "content": content} for role, content in example.messages]
+        messages = [chat_message(role, content) for role, content in example.messages]
         parts: list[tuple[str, bool]] = []
         done = ""
         for i, message in enumerate(messages):
@@ -128,20 +151,18 @@ class DecoderLM(CausalTargets):
         return parts
 
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
-        if self.chat_template is None and not getattr(self.tokenizer, "chat_template", None):
-            raise DataError("chat data needs a chat template: this model's tokenizer has none; give one with "
-                            "task.chat_template= (a Jinja template), or use completion rows (prompt/completion)")
-        if not messages:
-            return ""
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                                  add_generation_prompt=generation_prompt)
+        return render_chat(self.tokenizer, self.chat_template, messages, generation_prompt)
+
+    def token_parts(self, example: GenExample) -> list[tuple[list[int], bool]]:
+        """The example's segments (`segments`) as token ids."""
+        return [(self._ids(text), target) for text, target in self.segments(example)]
 
     def tokens(self, example: GenExample) -> Tokens:
         if example not in self._tokens:
-            parts = [(self._ids(text), target) for text, target in self.segments(example)]
+            parts = self.token_parts(example)
             if example.format in ("completion", "alpaca") and self.tokenizer.eos_token_id is not None:
                 parts.append(([self.tokenizer.eos_token_id], True))
-            self._tokens[example] = make_tokens(parts, self.max_length)
+            self._tokens[example] = self.fit(parts)
         return self._tokens[example]
 
     def length(self, example: GenExample) -> int:
@@ -153,15 +174,19 @@ class DecoderLM(CausalTargets):
 
     def prompt_ids(self, example: GenExample) -> list[int]:
         """What the model continues: the example's tokens before its last target segment."""
-        parts = self.segments(example)
+        parts = self.token_parts(example)
         last = max(i for i, (_, target) in enumerate(parts) if target)
-        ids = [i for text, _ in parts[:last] for i in self._ids(text)]
+        ids = [i for part, _ in parts[:last] for i in part]
         return ids[-(self.max_length - 1):] if ids else ids
 
+    def prompt_inputs(self, examples: list[GenExample]) -> dict[str, torch.Tensor]:
+        """What the model reads beside the prompts' ids (a vision-language model: their images)."""
+        return {}
+
     @torch.no_grad()
-    def generate(self, model: nn.Module, prompts: list[list[int]]) -> list[str]:
+    def generate(self, model: nn.Module, prompts: list[list[int]], inputs: dict | None = None) -> list[str]:
         """Greedy continuations of ``prompts`` (left-padded into one batch, KV cache), cut at end of
-        sequence or the first stop string."""
+        sequence or the first stop string; ``inputs`` go to the model too (`prompt_inputs`)."""
         from transformers import GenerationConfig
 
         import torch.distributed as dist
@@ -179,7 +204,7 @@ class DecoderLM(CausalTargets):
                                   eos_token_id=self.tokenizer.eos_token_id)
         synced = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1  # ZeRO-3: lockstep
         out = module.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                              synced_gpus=synced)
+                              synced_gpus=synced, **{k: v.to(device) for k, v in (inputs or {}).items()})
         texts = []
         for row in out[:, width:].tolist():
             if self.tokenizer.eos_token_id in row:
@@ -196,7 +221,8 @@ class DecoderLM(CausalTargets):
         scored = [(i, ref) for i, ex in enumerate(examples)
                   if ex.format != "text" and (ref := self.reference(ex)) is not None]
         if scored:
-            texts = self.generate(model, [self.prompt_ids(examples[i]) for i, _ in scored])
+            prompted = [examples[i] for i, _ in scored]
+            texts = self.generate(model, [self.prompt_ids(ex) for ex in prompted], self.prompt_inputs(prompted))
             for (i, ref), text in zip(scored, texts):
                 answer = extract_answer(text, self.answer_pattern)
                 results[i].update(em=float(matches(answer, ref)), em_n=1.0)
@@ -215,7 +241,8 @@ class DecoderLM(CausalTargets):
                 if not chunk:
                     continue
                 prompts = [self.prompt_ids(ex) for ex in chunk]
-                for example, prompt, text in zip(chunk, prompts, self.generate(model, prompts)):
+                texts = self.generate(model, prompts, self.prompt_inputs(chunk))
+                for example, prompt, text in zip(chunk, prompts, texts):
                     reference, answer = self.reference(example), extract_answer(text, self.answer_pattern)
                     rows.append({"prompt": self.tokenizer.decode(prompt), "generated": text, "answer": answer,
                                  "reference": reference,

@@ -80,8 +80,7 @@ class DecoderMC(CausalTargets):
         for ex, scores in zip(examples, self.choice_logprobs(model, examples, self.cached_scoring)):
             normed = [s / max(len(c.encode()), 1) for s, c in zip(scores, ex.choices)]
             results.append({"acc": float(_argmax(scores) == ex.label), "acc_norm": float(_argmax(normed) == ex.label),
-                            "nll": -scores[ex.label], "n": 1.0,
-                            "tokens": float(len(self.encode_pair(ex.context, ex.choices[ex.label])[1]))})
+                            "nll": -scores[ex.label], "n": 1.0, "tokens": float(sum(self.tokens(ex).targets))})
         return results
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:

@@ -18,7 +18,7 @@ import torch
 from raylsl.errors import ConfigError
 from raylsl.lora import target_layers
 from raylsl.selectors.base import LayerScores, ScoringContext, Selector, register_selector
-from raylsl.selectors.hooks import capture_blocks, token_mask
+from raylsl.selectors.hooks import capture_blocks, mask_for, token_mask
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class ActivationSelector(Selector):
         state: dict[str, torch.Tensor] = {}
 
         def add(i: int, x: torch.Tensor) -> None:
-            s, n = _masked_norm_sum(x, state["mask"])
+            s, n = _masked_norm_sum(x, mask_for(x, state["mask"]))
             totals[i][0] += s
             totals[i][1] += n
 

@@ -19,6 +19,7 @@ from torch import nn
 from raylsl.config import LoraSettings, TrainSettings, from_dict, register_option_section
 from raylsl.callbacks import Callback
 from raylsl.errors import ConfigError
+from raylsl.models.vision import image_inputs
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,11 @@ class ScoringContext:
 
     def forward_blocks(self, batch: dict) -> None:
         """Runs the backbone only (``model.base_model``): hooks see every block, and no LM/task head
-        or vocabulary softmax is computed. Encoder (examples, choices, tokens) inputs are flattened."""
+        or vocabulary softmax is computed. Encoder (examples, choices, tokens) inputs are flattened;
+        a vision-language model's images go in as they are."""
         inputs = {k: batch[k].reshape(-1, batch[k].shape[-1])
                   for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        self.model.base_model(**inputs)
+        self.model.base_model(**inputs, **image_inputs(batch))
 
     def batches(self):
         """Yields device batches of the calibration examples in the training format, examples of

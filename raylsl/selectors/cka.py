@@ -17,7 +17,7 @@ import torch
 
 from raylsl.models import ENCODER
 from raylsl.selectors.base import LayerScores, ScoringContext, Selector, register_selector
-from raylsl.selectors.hooks import capture_blocks, token_mask
+from raylsl.selectors.hooks import capture_blocks, mask_for, token_mask
 
 _ZERO = 1e-10
 
@@ -110,8 +110,8 @@ class CKASelector(Selector):
         mask: torch.Tensor | None = None
 
         def collect(i, h_in, h_out):
-            ins[i].append(pool(h_in, mask, how).cpu())
-            outs[i].append(pool(h_out, mask, how).cpu())
+            ins[i].append(pool(h_in, mask_for(h_in, mask), how).cpu())
+            outs[i].append(pool(h_out, mask_for(h_out, mask), how).cpu())
 
         with torch.no_grad(), capture_blocks(ctx.blocks, collect):
             for batch in ctx.batches():

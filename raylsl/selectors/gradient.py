@@ -33,7 +33,10 @@ class GradientSelector(Selector):
         try:
             for batch in ctx.batches():
                 ctx.objective.loss(ctx.model, batch).backward()
-            scores = tuple(float(torch.sqrt(sum(w.grad.double().square().sum() for w in ws))) for ws in weights)
+            # A block the loss does not read (a vision tower's past its feature layer) has no gradient: 0.
+            zero = torch.zeros((), dtype=torch.float64)
+            scores = tuple(float(torch.sqrt(sum((w.grad.double().square().sum() for w in ws if w.grad is not None),
+                                                zero))) for ws in weights)
         finally:
             for w in flat:
                 w.grad = None

@@ -45,3 +45,10 @@ def token_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(rows, tokens) mask of real tokens, with encoder (examples, choices, tokens) flattened."""
     mask = batch["attention_mask"]
     return mask.reshape(-1, mask.shape[-1]).bool()
+
+
+def mask_for(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (`token_mask`) where ``hidden`` is over the batch's tokens; every position where it
+    is over something else (a vision-language model's vision-tower blocks: image patches)."""
+    rows = hidden.reshape(-1, *hidden.shape[-2:]).shape[:2]
+    return mask if mask.shape == rows else torch.ones(rows, dtype=torch.bool, device=hidden.device)

@@ -9,7 +9,6 @@ forward pass raises.
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
@@ -17,12 +16,12 @@ import torch
 from torch import nn
 
 from raylsl.errors import ConfigError
-from raylsl.models import layers_pattern
+from raylsl.models import block_index
 
 
 def lora_modules_by_block(model: nn.Module, blocks_path: str) -> dict[int, list[nn.Module]]:
     """The peft LoRA layers (modules with ``lora_B``) of each adapted block, by block index."""
-    pattern = re.compile(rf"(?:^|\.){re.escape(layers_pattern(blocks_path))}\.(\d+)\.")
+    pattern = block_index(blocks_path)
     found: dict[int, list[nn.Module]] = {}
     for name, module in model.named_modules():
         match = pattern.search(name)

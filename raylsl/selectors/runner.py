@@ -78,7 +78,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: ScoringContext | None,
-                 key: dict[str, Any] | None, use_cache: bool = True) -> Selection:
+                 key: dict[str, Any] | None, use_cache: bool = True, exclude: tuple[int, ...] = ()) -> Selection:
     """Scores (from the cache when ``key`` was seen before) and chooses.
 
     Args:
@@ -89,6 +89,8 @@ def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: Scori
         key: everything the scores depend on besides the selector (model and calibration
             fingerprints, sizes); None for heuristics.
         use_cache: read and write the on-disk cache.
+        exclude: blocks never to choose (the model does not read their output), marked excluded
+            in the scores (after the cache: the cached scores are the selector's own).
     """
     started = time.perf_counter()
     cached = False
@@ -107,6 +109,8 @@ def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: Scori
                 Storage(path.parent).write_json(path.name, scores.to_dict())
     else:
         scores = selector.score(None, num_blocks)
+    if exclude:
+        scores = dataclasses.replace(scores, excluded=tuple(sorted({*scores.excluded, *exclude})))
     layers = selector.choose(scores, budget)
     return Selection(scores, layers, time.perf_counter() - started, cached)
 
@@ -115,7 +119,7 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
                   selector: Selector, budget: Budget, calibration: CalibrationSettings,
                   target_modules: tuple[str, ...] | None, max_length: int, use_cache: bool = True,
                   validation: list[MCExample] = (), blocks_path: str = "", lora: LoraSettings | None = None,
-                  train_settings: TrainSettings | None = None) -> Selection:
+                  train_settings: TrainSettings | None = None, exclude: tuple[int, ...] = ()) -> Selection:
     """Runs ``selector`` on calibration examples drawn (seeded) from the train split and chooses.
 
     Args:
@@ -123,6 +127,7 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
         max_length: the objective's token budget (part of the cache key).
         validation, blocks_path, lora, train_settings: for selectors that train while scoring
             (Flexora's search stage).
+        exclude: blocks never to choose (`run_selector`).
     """
     from raylsl.lora import default_target_modules
 
@@ -138,11 +143,14 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
                              train_settings or TrainSettings(), calibration.seed)
         key = {**selection_key(model, examples, calibration.size, calibration.seed, targets, max_length),
                **selector.cache_context(ctx)}
-    return run_selector(selector, budget, len(blocks), ctx, key, use_cache)
+    return run_selector(selector, budget, len(blocks), ctx, key, use_cache, exclude)
 
 
 def examples_fingerprint(examples: list[MCExample]) -> str:
-    return hashlib.sha256(json.dumps([dataclasses.astuple(ex) for ex in examples]).encode()).hexdigest()[:16]
+    """A hash of the examples' contents, their images' bytes included."""
+    digest = lambda image: hashlib.sha256(image).hexdigest()  # noqa: E731 (JSON has no bytes)
+    text = json.dumps([dataclasses.astuple(ex) for ex in examples], default=digest)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def selection_key(model: nn.Module, calibration: list[MCExample], size: int, seed: int,

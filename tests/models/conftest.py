@@ -2,12 +2,11 @@
 only spin against whatever else runs on the machine."""
 
 import pytest
-import torch
+
+from tests.conftest import torch_threads
 
 
 @pytest.fixture(scope="package", autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield

@@ -1,6 +1,7 @@
 """The architecture matrix: every family in `raylsl.models.ARCHITECTURES`, as a tiny random model
 built from its own config class (`architecture_cases`), through block discovery, default targets,
-parameter counts, every selector, two training steps per head, and the three export forms.
+parameter counts, every selector, two training steps per head, and the three export forms; a
+vision-language model on image+text rows.
 
 Adapter placement is read back from the names of the modules that got LoRA weights, never from
 what raylsl asked peft for.
@@ -21,12 +22,14 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers.pytorch_utils import Conv1D
 
 from architecture_cases import (DYNAMIC_SELECTORS, EXPORT_FORMS, HEADS, LAYERS, STATIC_SELECTORS, gen_examples,
-                                mc_examples, tiny_model)
+                                mc_examples, tiny_model, tokenizer)
 from raylsl.config import CalibrationSettings, LoraSettings, TrainSettings
 from raylsl.errors import ConfigError
 from raylsl.export import export_adapter
 from raylsl.lora import ENCODER_HEAD, apply_lora, count_trainable, default_target_modules, loose_weights, target_layers
-from raylsl.models import ARCHITECTURES, ENCODER, byte_tokenizer, find_blocks, layers_pattern, model_kind, resolve_model
+from raylsl.models import (ARCHITECTURES, ENCODER, VLM, block_index, find_blocks, layers_pattern, model_kind,
+                           resolve_model)
+from raylsl.models.vision import image_inputs
 from raylsl.objective import make_objective, to_device
 from raylsl.selectors import Budget, TrainingContext, build_selector, select_blocks
 from raylsl.training.loop import train_loop
@@ -47,12 +50,8 @@ def arch(request):
     return request.param
 
 
-def _tokenizer(arch):
-    return byte_tokenizer(encoder=arch.kind == ENCODER)
-
-
 def _objective(arch, generative: bool = False):
-    return make_objective(arch.kind, _tokenizer(arch), 64, generative=generative)
+    return make_objective(arch.kind, tokenizer(arch), 64, generative=generative)
 
 
 def _lora(arch, layers, **settings):
@@ -64,12 +63,20 @@ def _lora(arch, layers, **settings):
 def lora_sites(model: torch.nn.Module, blocks_path: str) -> dict[int, set[str]]:
     """Block index -> block-relative names of the modules holding LoRA weights (a fused-weight
     adapter is peft's wrapper of the module that owns the weight)."""
-    pattern = re.compile(rf"\.{re.escape(layers_pattern(blocks_path))}\.(\d+)\.(.+?)(?:\.base_layer)*\.lora_A\.")
+    pattern = re.compile(block_index(blocks_path).pattern + r"(.+?)(?:\.base_layer)*\.lora_A\.")
     sites: dict[int, set[str]] = {}
     for name, _ in model.named_parameters():
         if match := pattern.search(name):
             sites.setdefault(int(match[1]), set()).add(match[2])
     return sites
+
+
+def lora_outside(model: torch.nn.Module, blocks_path: str) -> list[str]:
+    """Modules holding LoRA weights outside the block list (a VLM's vision tower has a list of the
+    same name and layers of the same names)."""
+    inside = block_index(blocks_path)
+    return sorted({name.split(".lora_A")[0] for name, _ in model.named_parameters()
+                   if ".lora_A" in name and not inside.search(name)})
 
 
 def expected_sites(arch, layers, experts: tuple[str, ...] = ()) -> dict[int, set[str]]:
@@ -109,6 +116,10 @@ def test_the_table_is_what_transformers_builds(arch, monkeypatch):
     monkeypatch.setattr("raylsl.models.blocks.architecture", lambda model_type: None)
     assert find_blocks(model)[0] == arch.blocks_path  # discovery alone finds the same list
     assert model_kind(model.config) == arch.kind
+    if arch.kind == VLM:  # the vision tower's blocks are found by their own path, apart from the language blocks
+        vision = find_blocks(model, arch.vision_blocks_path)[1]
+        assert len(vision) == 2 and not {id(m) for m in vision.modules()} & inside
+        assert all(model.get_submodule(name) for name in arch.vision_modules)
     assert default_target_modules(blocks, arch.model_type) == list(arch.targets)
     block = blocks[0]
     targeted = {id(p) for m in target_layers(block, arch.targets) for p in m.parameters()}
@@ -125,14 +136,19 @@ def test_the_table_is_what_transformers_builds(arch, monkeypatch):
 def test_lora_sits_on_the_targets_of_the_chosen_blocks_and_counts_as_peft_does(arch):
     model = _lora(arch, LAYERS)
     assert lora_sites(model, arch.blocks_path) == expected_sites(arch, LAYERS)
+    assert lora_outside(model, arch.blocks_path) == []
     assert model.peft_config["default"].target_modules == list(arch.targets)
     counts = count_trainable(model)
     assert counts["trainable"] == model.get_nb_trainable_parameters()[0]
     assert counts["adapter"] == lora_size(arch, LAYERS, (), r=2)
-    plain = get_peft_model(tiny_model(arch), LoraConfig(
+    base = tiny_model(arch)
+    plain = get_peft_model(base, LoraConfig(
         r=2, target_modules=list(arch.targets), layers_to_transform=LAYERS, fan_in_fan_out=arch.conv1d,
-        layers_pattern=layers_pattern(arch.blocks_path), modules_to_save=list(ENCODER_HEAD) if arch.kind == ENCODER else None))
+        layers_pattern=layers_pattern(arch.blocks_path, base),
+        modules_to_save=list(ENCODER_HEAD) if arch.kind == ENCODER else None))
     assert counts["trainable"] == plain.get_nb_trainable_parameters()[0]
+    for name in arch.vision_modules:  # frozen, no adapter
+        assert not any(p.requires_grad for p in model.base_model.model.get_submodule(name).parameters())
 
 
 # --- selectors -------------------------------------------------------------------------------------
@@ -142,7 +158,7 @@ def test_a_static_selector_gets_adapters_on_exactly_its_blocks(arch, name):
     model = tiny_model(arch)
     path, blocks = find_blocks(model)
     selector = build_selector(name, SELECTOR_OPTIONS.get(name))
-    examples = mc_examples(16)
+    examples = mc_examples(16, arch)
     settings = LoraSettings(r=2, dropout=0.0)
     selection = select_blocks(model, blocks, _objective(arch), examples[:8], selector,
                               Budget(n=2) if selector.uses_budget or name == "flexora" else Budget(),
@@ -156,7 +172,7 @@ def test_a_static_selector_gets_adapters_on_exactly_its_blocks(arch, name):
 @pytest.mark.parametrize("name", DYNAMIC_SELECTORS)
 def test_a_dynamic_selector_trains_exactly_its_active_block(arch, name, tmp_path):
     model = _lora(arch, range(4))
-    examples = mc_examples(16)
+    examples = mc_examples(16, arch)
     objective = _objective(arch)
     selector = build_selector(name, SELECTOR_OPTIONS[name])
     callback = selector.training_callback(TrainingContext(model, arch.blocks_path, 4, objective, examples[8:], 0))
@@ -179,7 +195,7 @@ def test_two_steps_lower_the_loss_on_a_fixed_batch(arch, head, tmp_path):
         return
     model = _lora(arch, LAYERS, r=4)
     objective = _objective(arch, generative=head == "generative")
-    examples = gen_examples() if head == "generative" else mc_examples()
+    examples = gen_examples(8, arch) if head == "generative" else mc_examples(8, arch)
     batch = objective.batch(examples)
     with torch.no_grad():
         before = float(objective.loss(model.eval(), batch))
@@ -205,19 +221,19 @@ def train_and_save(arch, root: Path, **settings) -> Trained:
     """Saves the base (with its tokenizer), trains LoRA two steps on it, saves the adapter and
     keeps the trained model's logits on a fixed batch."""
     tiny_model(arch).save_pretrained(root / "base")
-    _tokenizer(arch).save_pretrained(root / "base")
+    tokenizer(arch).save_pretrained(root / "base")
     model = _lora(arch, LAYERS, **settings)
     objective = _objective(arch)
-    train_loop(model, objective, mc_examples(), TWO_STEPS, root / "run", progress=False)
+    train_loop(model, objective, mc_examples(8, arch), TWO_STEPS, root / "run", progress=False)
     model.save_pretrained(root / "adapter")
-    batch = objective.batch(mc_examples(4))
+    batch = objective.batch(mc_examples(4, arch))
     return Trained(root / "base", root / "adapter", batch, logits(model, batch))
 
 
 @torch.no_grad()
 def logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    return model.eval()(**inputs).logits
+    return model.eval()(**inputs, **image_inputs(batch)).logits
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +243,8 @@ def trained(arch, tmp_path_factory) -> Trained:
 
 def reload(arch, trained: Trained, form: str, out: Path) -> torch.nn.Module:
     """The export as its consumer loads it: plain transformers for merged, else peft on the base."""
-    cls = transformers.AutoModelForMultipleChoice if arch.kind == ENCODER else transformers.AutoModelForCausalLM
+    cls = {ENCODER: transformers.AutoModelForMultipleChoice, VLM: transformers.AutoModelForImageTextToText}.get(
+        arch.kind, transformers.AutoModelForCausalLM)
     if form == "merged":
         return cls.from_pretrained(out)
     return PeftModel.from_pretrained(cls.from_pretrained(trained.base), out)
@@ -248,6 +265,8 @@ def test_each_export_form_gives_the_trained_logits(arch, trained, form, tmp_path
     if form == "padded":
         assert config["layers_to_transform"] is None and config["layers_pattern"] is None
         assert lora_sites(model, arch.blocks_path) == expected_sites(arch, range(4))
+        if arch.kind == VLM:  # BERT's pooler gets a zero adapter; a vision tower must not
+            assert lora_outside(model, arch.blocks_path) == []
 
 
 # --- MoE experts through lora.target_parameters ------------------------------------------------------

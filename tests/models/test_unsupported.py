@@ -38,7 +38,8 @@ def test_a_family_with_neither_head_is_one_line(tmp_path, task_file, capsys):
     transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=32).save_pretrained(tmp_path / "vit")
     assert _train(tmp_path, task_file, f"model={tmp_path / 'vit'}") == 2
-    _one_line(capsys, "architecture 'vit' (ViTConfig)", "no causal-LM or multiple-choice class", *WAYS_OUT)
+    _one_line(capsys, "architecture 'vit' (ViTConfig)", "no causal-LM, multiple-choice or image-text-to-text class",
+              *WAYS_OUT)
     assert not (tmp_path / "runs").exists()
 
 
