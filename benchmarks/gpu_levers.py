@@ -77,8 +77,8 @@ def measure_model(name: str, quantization: str, args, device) -> list[dict]:
 
     spec = resolve_model(name)
     started = time.perf_counter()
-    base, _ = spec.load(load_options(ModelSettings(weights="random", dtype="bfloat16" if device.type == "cuda"
-                                                   else "float32", quantization=quantization), device))
+    dtype = "bfloat16" if device.type == "cuda" or quantization != "none" else "float32"
+    base, _ = spec.load(load_options(ModelSettings(weights="random", dtype=dtype, quantization=quantization), device))
     built = time.perf_counter() - started
     path, blocks = find_blocks(base)
     vocab = base.get_output_embeddings().out_features
@@ -158,26 +158,29 @@ def _trainer_row(base, name: str, args, device) -> dict:
                 torch.randint(3, vocab, (args.batch * (args.warmup + args.steps), args.sequence)).tolist()]
     times: list[float] = []
 
+    cuda = device.type == "cuda"
+
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            torch.cuda.synchronize()
+            torch.cuda.synchronize() if cuda else None
             self.t0 = time.perf_counter()
 
         def on_step_end(self, *a, **k):
-            torch.cuda.synchronize()
+            torch.cuda.synchronize() if cuda else None
             times.append(time.perf_counter() - self.t0)
 
     with tempfile.TemporaryDirectory() as tmp:
         training = TrainingArguments(tmp, per_device_train_batch_size=args.batch, max_steps=args.warmup + args.steps,
-                                     bf16=True, gradient_checkpointing=True, learning_rate=1e-4, logging_steps=10**6,
-                                     save_strategy="no", report_to=[], remove_unused_columns=False,
-                                     dataloader_num_workers=0)
-        torch.cuda.reset_peak_memory_stats(device)
+                                     bf16=cuda, use_cpu=not cuda, gradient_checkpointing=True, learning_rate=1e-4,
+                                     logging_steps=10**6, save_strategy="no", report_to=[],
+                                     remove_unused_columns=False, dataloader_num_workers=0)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         Trainer(model=model, args=training, train_dataset=examples, callbacks=[Timer()]).train()
     step = statistics.median(times[args.warmup:])
     row = {"model": name, "quantization": "none", "blocks": "all", "checkpointing": "hf-trainer",
            "step_s": step, "tokens_per_s": args.batch * args.sequence / step,
-           "peak_allocated_bytes": torch.cuda.max_memory_allocated(device)}
+           "peak_allocated_bytes": torch.cuda.max_memory_allocated(device) if cuda else 0}
     print(json.dumps(row), flush=True)
     model.unload()
     return row
@@ -217,7 +220,7 @@ def main() -> None:
 
     if args.smoke:
         args.models, args.quantized, args.trainer, args.sequence, args.steps, args.warmup = \
-            "tiny-llama", "", "", 64, 1, 1
+            "tiny-llama", "tiny-llama", "tiny-llama", 64, 1, 1
     elif not torch.cuda.is_available():
         sys.exit("gpu_levers: no CUDA device here (run with --smoke to check the script on a CPU)")
     device = torch.device("cuda", 0) if torch.cuda.is_available() and not args.smoke else torch.device("cpu")
