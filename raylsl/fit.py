@@ -170,21 +170,15 @@ def available_host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def target_device(config: RunConfig, gpus: int | None = None, gpu_memory: str | None = None,
-                  here: bool = False) -> Device | None:
-    """Where ``config`` trains, as far as this process can tell: an explicit GPU memory (the
-    ``gpu_memory`` key or argument), this process's own device when it trains here (``here``, or
-    ``workers=0``), else None (Ray workers on nodes this process cannot see check for themselves).
-
-    Args:
-        gpus: data-parallel ranks (default: the config's workers, at least 1).
-    """
-    ranks = gpus or max(config.workers, 1)
-    memory = gpu_memory or config.gpu_memory
-    if memory is not None:
-        return Device("cuda", parse_memory(memory, "gpu_memory"), ranks, f"{memory} GPU")
-    if here or config.workers == 0:
-        return dataclasses.replace(local_device_memory(), ranks=ranks)
+def target_device(config: RunConfig) -> Device | None:
+    """Where ``config`` trains, as far as this process can tell: GPUs of the ``gpu_memory`` it
+    names, this process's own device when it trains here (``workers=0``), else None (Ray workers
+    on nodes this process cannot see check for themselves)."""
+    ranks = max(config.workers, 1)
+    if config.gpu_memory is not None:
+        return Device("cuda", parse_memory(config.gpu_memory, "gpu_memory"), ranks, f"{config.gpu_memory} GPU")
+    if config.workers == 0:
+        return local_device_memory()
     return None
 
 
@@ -251,7 +245,7 @@ def estimate(config: RunConfig, device: Device, layers: list[int] | None = None,
                       per_sequence * config.train.batch_size, str(compute).removeprefix("torch."), device, configured,
                       options, traced=traced)
     if not result.fits:
-        result.suggestion = _cheapest_fit(base, compose, device, config)
+        result.suggestion = _cheapest_fit(base, compose, device)
     return result
 
 
@@ -317,12 +311,11 @@ def _meta_model(spec, skeleton_config, dtype: torch.dtype, attention: str):
     from raylsl.models.registry import model_class
 
     cls = model_class(spec.kind, skeleton_config)
+    kernel = "eager" if attention == "eager" else "sdpa"
     with torch.device("meta"):
         try:
-            if attention == "eager":
-                raise ValueError("eager asked for")
-            model = cls.from_config(copy.deepcopy(skeleton_config), dtype=dtype, attn_implementation="sdpa")
-        except (ValueError, ImportError):
+            model = cls.from_config(copy.deepcopy(skeleton_config), dtype=dtype, attn_implementation=kernel)
+        except (ValueError, ImportError):  # no sdpa for this model: eager, as a run would get
             model = cls.from_config(copy.deepcopy(skeleton_config), dtype=dtype, attn_implementation="eager")
     return model.requires_grad_(False)
 
@@ -417,7 +410,7 @@ class _State:
         }
 
 
-def _cheapest_fit(base: Option, compose, device: Device, config: RunConfig) -> Option | None:
+def _cheapest_fit(base: Option, compose, device: Device) -> Option | None:
     """The first change, cheapest first, that fits: the chunked loss, selective checkpointing,
     both, smaller micro-batches (more accumulation), ZeRO-3 across the GPUs, 4-bit."""
     levers = {"loss_chunk": base.loss_chunk or CHUNK, "checkpointing": True}
