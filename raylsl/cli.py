@@ -1,4 +1,5 @@
-"""Command line: ``raylsl train``, ``select``, ``estimate``, ``eval``, ``export``, ``sweep`` and ``report``.
+"""Command line: ``raylsl train``, ``select``, ``estimate``, ``eval``, ``export``, ``upload-model``,
+``sweep`` and ``report``.
 
 Each command maps to a plain function in `raylsl.recipes`. Positional arguments are an optional
 YAML config (or run directory) followed by ``key=value`` overrides (``lora.r=16 layers=15-29``).
@@ -91,6 +92,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from raylsl.recipes.export import export_run
 
     print(export_run(args.run_dir, args.format, args.out))
+    return 0
+
+
+def cmd_upload_model(args: argparse.Namespace) -> int:
+    from raylsl.recipes.upload import upload_model
+
+    uri, sent = upload_model(args.directory, args.uri)
+    done = f"uploaded {sent / 1e6:,.1f} MB" if sent else "already in storage: nothing uploaded"
+    print(f"{uri}  ({done})\ntrain with: model={uri}")
     return 0
 
 
@@ -212,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "LoRA, llama.cpp's GGUF conversion, encoders)")
     export.add_argument("--out", metavar="DIR", help="a new directory or storage URI (default: RUN_DIR/export/FORMAT)")
     export.set_defaults(func=cmd_export)
+
+    upload = sub.add_parser("upload-model", help="a local model directory into storage (content-addressed: the same "
+                                                 "weights are uploaded once); prints the model=URI runs use")
+    upload.add_argument("directory", metavar="DIR", help="the model directory (config.json, weights, tokenizer)")
+    upload.add_argument("uri", metavar="URI", help="where models are kept: s3://bucket/models, gs://..., or a path "
+                                                  "every node mounts; the model goes to URI/DIGEST")
+    upload.set_defaults(func=cmd_upload_model)
 
     sweep = sub.add_parser("sweep", help="Ray Tune + Optuna sweep: accuracy vs trainable parameters")
     sweep.add_argument("items", nargs="*", metavar="SPACE.yaml [KEY=VALUE ...]",

@@ -26,6 +26,7 @@ ATTENTION_KERNELS = ("auto", "sdpa", "flash_attention_2", "eager")
 MODEL_KINDS = ("auto", "decoder", "encoder", "vlm")
 MODEL_WEIGHTS = ("pretrained", "random")
 CHECKPOINTING = ("off", "on", "auto")
+STREAMING = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -215,10 +216,15 @@ class CalibrationSettings:
     """Seed of the calibration draw."""
     batch_size: int = 16
     """Examples per scoring forward pass."""
+    stream: str = "auto"
+    """Score one block at a time (CKA, activation: peak memory one block plus the calibration
+    activations, at any model size): on, off, or auto (on when the model's weights do not fit the
+    scoring device). Both paths give the same scores, so it is not part of the score cache's key."""
 
     def __post_init__(self) -> None:
         _check(self.size > 0, "calibration.size", self.size, "must be > 0")
         _check(self.batch_size > 0, "calibration.batch_size", self.batch_size, "must be > 0")
+        _check(self.stream in STREAMING, "calibration.stream", self.stream, f"must be one of {', '.join(STREAMING)}")
 
 
 @dataclass(frozen=True)
@@ -530,7 +536,7 @@ def deepspeed_config(spec: str) -> dict[str, Any]:
 
 SHORTHAND = {"task": TaskSettings, "model": ModelSettings}
 """Sections a plain string stands for: the string is the section's ``name``."""
-ON_OFF = {"train.activation_checkpointing"}
+ON_OFF = {"train.activation_checkpointing", "calibration.stream"}
 """Keys whose values include on and off (which YAML reads as booleans)."""
 
 

@@ -176,8 +176,18 @@ class Storage:
         source = Path(source)
         if self.local is not None and (self.local / rel).resolve() == source.resolve():
             return
-        if source.is_file():
-            self.write_bytes(rel, source.read_bytes())
+        if source.is_file() and self.local is not None:  # through a temporary file renamed into place
+            path = self.local / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            os.close(fd)
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, path)
+            return
+        if source.is_file():  # streamed (model shards are GBs), one object put
+            self._call("write", lambda: pyarrow.fs.copy_files(
+                str(source), self.path(rel), source_filesystem=pyarrow.fs.LocalFileSystem(),
+                destination_filesystem=self.fs))
             return
         self._call("write", lambda: self.fs.create_dir(self.path(rel), recursive=True))
         self._call("write", lambda: pyarrow.fs.copy_files(

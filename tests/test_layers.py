@@ -7,12 +7,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "raylsl"
 
 LAYERS = [
-    {"errors", "fetch", "storage", "lease", "callbacks", "tracking"},  # shared utilities
+    {"errors", "fetch", "storage", "lease", "cluster", "callbacks", "tracking"},  # shared utilities
     {"config"},
     {"data", "images", "models", "optim"},
     {"objective", "lora", "export"},
     {"selectors"},
-    {"plan", "fit"},  # config -> plan, and whether it fits
+    {"plan", "fit", "scoring"},  # config -> plan: where blocks are scored, whether the run fits
     {"assemble"},  # plan -> a model to train
     {"training", "evaluation"},  # the engine, single process
     {"distributed"},  # the engine in Ray Train workers

@@ -13,10 +13,11 @@ Device, precision, DeepSpeed accelerator and process-group backend are decided b
 what Ray gave it: GPUs are requested with ``gpus_per_worker`` (auto: when the cluster has them),
 never inferred from the driver, which usually runs on a CPU head.
 
-``RAY_ADDRESS`` (which ``ray job submit`` sets) selects the cluster, checked with a short timeout
-before a run writes anything (`check_ray_address`: Ray itself retries for minutes); without it a
-fresh local Ray is started. On a cluster of several nodes ``storage`` must be storage every node reaches (a bucket
-or an NFS mount): Ray refuses a driver-local path for checkpoints reported from other nodes.
+``RAY_ADDRESS`` (which ``ray job submit`` sets) selects the cluster (`raylsl.cluster.init_ray`),
+checked with a short timeout before a run writes anything (`raylsl.cluster.check_ray_address`:
+Ray itself retries for minutes); without it a fresh local Ray is started. On a cluster of several
+nodes ``storage`` must be storage every node reaches (a bucket or an NFS mount): Ray refuses a
+driver-local path for checkpoints reported from other nodes.
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import torch
 
+from raylsl.cluster import init_ray, worker_resources
 from raylsl.errors import RaylslError
 from raylsl.plan import Plan
 from raylsl.storage import RunDir
@@ -43,69 +43,12 @@ from raylsl.training.checkpoint import read_checkpoint, read_trainer_state, writ
 OUTCOME = "outcome.json"
 
 
-def init_ray(progress: bool, num_cpus: int | None = None) -> None:
-    """Joins ``RAY_ADDRESS`` when set, else starts a fresh local Ray (never a head some earlier
-    ``ray start`` left recorded on this machine). A local Ray's servers listen on all of the
-    machine's addresses (Ray offers no setting to bind them to loopback), behind Ray's token
-    authentication, on by default since Ray 2.52 (docs/trust-and-failure.md)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=progress)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=progress)
-
-
-RAY_ADDRESS_TIMEOUT_S = 5.0
-"""How long `check_ray_address` waits for the cluster to answer."""
-
-
-def check_ray_address() -> None:
-    """Refuses a ``RAY_ADDRESS`` nothing answers at, within seconds (``auto``, ``local`` and no
-    address start or find a Ray on this machine and need no check).
-
-    Raises:
-        RaylslError: the address is malformed, or no connection opens within the timeout.
-    """
-    address = os.environ.get("RAY_ADDRESS", "").strip()
-    if address in ("", "auto", "local"):
-        return
-    parts = urlsplit(address if "://" in address else f"ray://{address}")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host = port = None
-    if not host or not port:
-        raise RaylslError(f"RAY_ADDRESS={address} is not an address Ray can join: use HOST:PORT (the head's port, "
-                          f"6379 by default) or ray://HOST:10001")
-    try:
-        socket.create_connection((host, port), timeout=RAY_ADDRESS_TIMEOUT_S).close()
-    except OSError as exc:
-        raise RaylslError(f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({exc.strerror or exc}); start the "
-                          f"Ray cluster or correct RAY_ADDRESS (unset it to run on a Ray started here)") from None
-
-
-def gpus_per_worker(config) -> float:
-    """``gpus_per_worker`` as a number: auto is 1 when the cluster has GPUs now, else 0."""
-    if config.gpus_per_worker != "auto":
-        return float(config.gpus_per_worker)
-    import ray
-
-    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-
-
 def scaling_config(config):
     """Ray Train's ScalingConfig from the run's resource settings."""
     from ray.train import ScalingConfig
 
-    gpus = gpus_per_worker(config)
-    resources = {"CPU": config.cpus_per_worker, **config.worker_resources}
-    if gpus:
-        resources["GPU"] = gpus
-    return ScalingConfig(num_workers=config.workers, use_gpu=gpus > 0, resources_per_worker=resources)
+    resources = worker_resources(config)
+    return ScalingConfig(num_workers=config.workers, use_gpu="GPU" in resources, resources_per_worker=resources)
 
 
 def train_in_workers(plan: Plan, run: RunDir, progress: bool, eval_steps=()) -> dict[str, Any]:
@@ -276,7 +219,10 @@ def _check_fit_here(plan: Plan, device: torch.device, world: int, local_world: i
         own = Device("cuda", props.total_memory, world, props.name)
     else:
         own = Device("cpu", available_host_memory() // max(local_world, 1), world, "this worker's share of its node")
-    return check_fit(plan.config, own, list(plan.layers), plan.task.generative)
+    config = plan.config
+    if plan.model.files is not None:  # a directory only the driver has: its copy shipped to this node
+        config = replace(config, model=replace(config.model, name=plan.model.spec(plan.kind).name))
+    return check_fit(config, own, list(plan.layers), plan.task.generative)
 
 
 def _finished_outcome() -> dict[str, Any] | None:

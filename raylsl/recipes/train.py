@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from raylsl.assemble import assemble
+from raylsl.cluster import check_ray_address, init_ray
 from raylsl.config import RunConfig
-from raylsl.distributed.ray_train import check_ray_address
 from raylsl.errors import ConfigError
 from raylsl.lease import Lease
 from raylsl.plan import Plan, build_plan, load_run_config, local_device
@@ -46,6 +46,8 @@ def train(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         check_ray_address()
     name = run_name(config)
     run = _new_run_dir(config, name)
+    if config.workers:  # joined before planning: on a cluster, the blocks are scored where the workers train
+        init_ray(progress)
     plan, loaded = build_plan(config, name, run.storage.uri, keep_model=config.workers == 0)
     with Lease.take(run.storage):
         _create(run, config)

@@ -11,14 +11,18 @@ Both are forward-only.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+from torch import nn
 
 from raylsl.errors import ConfigError
 from raylsl.lora import target_layers
-from raylsl.selectors.base import LayerScores, ScoringContext, Selector, register_selector
-from raylsl.selectors.hooks import capture_blocks, mask_for, token_mask
+from raylsl.selectors.base import LayerScores, ScoringContext, register_selector
+from raylsl.selectors.blockwise import BlockStatistics, BlockwiseSelector
+from raylsl.selectors.hooks import capture_block, mask_for
 
 
 @dataclass(frozen=True)
@@ -31,48 +35,44 @@ class ActivationConfig:
             raise ConfigError(f"activation.site={self.site!r} must be block_output or lora_input")
 
 
-def _masked_norm_sum(x: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
-    norms = x.reshape(-1, x.shape[-2], x.shape[-1]).float().norm(dim=-1)
-    return float(norms[mask].sum()), int(mask.sum())
-
-
 @register_selector
-class ActivationSelector(Selector):
+class ActivationSelector(BlockwiseSelector):
     name = "activation"
     Config = ActivationConfig
 
-    def score(self, ctx: ScoringContext, num_blocks: int) -> LayerScores:
-        totals = [[0.0, 0] for _ in range(num_blocks)]
-        state: dict[str, torch.Tensor] = {}
-
-        def add(i: int, x: torch.Tensor) -> None:
-            s, n = _masked_norm_sum(x, mask_for(x, state["mask"]))
-            totals[i][0] += s
-            totals[i][1] += n
-
-        with torch.no_grad(), self._hooks(ctx, add):
-            for batch in ctx.batches():
-                state["mask"] = token_mask(batch)
-                ctx.forward_blocks(batch)
-        return LayerScores(self.name, tuple(s / max(n, 1) for s, n in totals), "")
-
-    def _hooks(self, ctx: ScoringContext, add):
-        if self.config.site == "block_output":
-            return capture_blocks(ctx.blocks, lambda i, h_in, h_out: add(i, h_out))
-        return _linear_input_hooks(ctx, add)
+    def statistics(self, ctx: ScoringContext, num_blocks: int) -> BlockStatistics:
+        return _MeanNorms(self.config.site, ctx.target_modules, num_blocks)
 
 
-class _linear_input_hooks:
-    """Pre-hooks on each block's LoRA target linears; each target's input counts once per token."""
+class _MeanNorms(BlockStatistics):
+    """Per block, the sum of the watched activations' L2 norms over real tokens, and their count."""
 
-    def __init__(self, ctx: ScoringContext, add):
-        self.targets = [(i, m) for i, block in enumerate(ctx.blocks) for m in target_layers(block, ctx.target_modules)]
-        self.add, self.handles = add, []
+    def __init__(self, site: str, target_modules: tuple[str, ...], num_blocks: int):
+        self.site, self.target_modules = site, target_modules
+        self.totals = [[0.0, 0] for _ in range(num_blocks)]
 
-    def __enter__(self):
-        for i, module in self.targets:
-            self.handles.append(module.register_forward_pre_hook(lambda m, args, i=i: self.add(i, args[0])))
+    def add(self, index: int, x: torch.Tensor) -> None:
+        mask = mask_for(x, self.mask)
+        norms = x.reshape(-1, x.shape[-2], x.shape[-1]).float().norm(dim=-1)
+        self.totals[index][0] += float(norms[mask].sum())
+        self.totals[index][1] += int(mask.sum())
 
-    def __exit__(self, *exc):
-        for handle in self.handles:
+    def watch(self, index: int, block: nn.Module):
+        if self.site == "block_output":
+            return capture_block(index, block, lambda i, h_in, h_out: self.add(i, h_out))
+        return _linear_inputs(index, block, self.target_modules, self.add)
+
+    def result(self) -> LayerScores:
+        return LayerScores(ActivationSelector.name, tuple(s / max(n, 1) for s, n in self.totals), "")
+
+
+@contextmanager
+def _linear_inputs(index: int, block: nn.Module, target_modules: tuple[str, ...], add) -> Iterator[None]:
+    """Pre-hooks on the block's LoRA target linears; each target's input counts once per token."""
+    handles = [m.register_forward_pre_hook(lambda module, args: add(index, args[0]))
+               for m in target_layers(block, target_modules)]
+    try:
+        yield
+    finally:
+        for handle in handles:
             handle.remove()

@@ -9,11 +9,13 @@ budget, so they are cached once and reused for every N in a sweep.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from raylsl.config import LoraSettings, TrainSettings, from_dict, register_option_section
@@ -133,14 +135,22 @@ class ScoringContext:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train_settings: TrainSettings = field(default_factory=TrainSettings)
     seed: int = 0
+    stream: Any = None
+    """A `raylsl.selectors.streaming.BlockStream` when the blocks are scored one at a time (then
+    ``model`` is a skeleton whose weights that stream loads block by block); None: the whole model."""
+    device: torch.device | None = None
+    """Where the batches go; None: where the model's weights are."""
 
     def forward_blocks(self, batch: dict) -> None:
         """Runs the backbone only (``model.base_model``): hooks see every block, and no LM/task head
-        or vocabulary softmax is computed. Encoder (examples, choices, tokens) inputs are flattened;
-        a vision-language model's images go in as they are."""
+        or vocabulary softmax is computed, nor a key/value cache kept. Encoder (examples, choices,
+        tokens) inputs are flattened; a vision-language model's images go in as they are."""
         inputs = {k: batch[k].reshape(-1, batch[k].shape[-1])
                   for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        self.model.base_model(**inputs, **image_inputs(batch))
+        backbone = self.model.base_model
+        if "use_cache" in inspect.signature(backbone.forward).parameters:
+            inputs["use_cache"] = False
+        backbone(**inputs, **image_inputs(batch))
 
     def batches(self):
         """Yields device batches of the calibration examples in the training format, examples of
@@ -148,7 +158,7 @@ class ScoringContext:
         statistic, so the order does not change it)."""
         from raylsl.objective import to_device
 
-        device = next(self.model.parameters()).device
+        device = self.device or next(self.model.parameters()).device
         ordered = sorted(self.calibration, key=self.objective.length)
         for start in range(0, len(ordered), self.batch_size):
             yield to_device(self.objective.batch(ordered[start: start + self.batch_size]), device)
@@ -175,6 +185,10 @@ class Selector(ABC):
     Config: ClassVar[type]
     needs_data: ClassVar[bool] = True
     """False for heuristics: their scores need no model forward pass and are never cached."""
+    streams: ClassVar[bool] = False
+    """True when the scores can be computed one block at a time (`raylsl.selectors.blockwise`)."""
+    differentiates_base: ClassVar[bool] = False
+    """True when scoring takes gradients of the base weights themselves (quantized ones have none)."""
     uses_budget: ClassVar[bool] = True
     """False for selectors that ignore n (all, list)."""
     reads_validation: ClassVar[str | None] = None

@@ -14,10 +14,12 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from raylsl.models import ENCODER
-from raylsl.selectors.base import LayerScores, ScoringContext, Selector, register_selector
-from raylsl.selectors.hooks import capture_blocks, mask_for, token_mask
+from raylsl.selectors.base import LayerScores, ScoringContext, register_selector
+from raylsl.selectors.blockwise import BlockStatistics, BlockwiseSelector
+from raylsl.selectors.hooks import capture_block, mask_for
 
 _ZERO = 1e-10
 
@@ -99,34 +101,43 @@ def default_pooling(objective) -> str:
 
 
 @register_selector
-class CKASelector(Selector):
+class CKASelector(BlockwiseSelector):
     name = "cka"
     Config = CKAConfig
 
-    def score(self, ctx: ScoringContext, num_blocks: int) -> LayerScores:
-        how = self.config.pooling or default_pooling(ctx.objective)
-        ins: list[list[torch.Tensor]] = [[] for _ in range(num_blocks)]
-        outs: list[list[torch.Tensor]] = [[] for _ in range(num_blocks)]
-        mask: torch.Tensor | None = None
+    def statistics(self, ctx: ScoringContext, num_blocks: int) -> BlockStatistics:
+        return _PooledPairs(self.config.pooling or default_pooling(ctx.objective), self.config.include_undefined,
+                            num_blocks)
 
-        def collect(i, h_in, h_out):
-            ins[i].append(pool(h_in, mask_for(h_in, mask), how).cpu())
-            outs[i].append(pool(h_out, mask_for(h_out, mask), how).cpu())
 
-        with torch.no_grad(), capture_blocks(ctx.blocks, collect):
-            for batch in ctx.batches():
-                mask = token_mask(batch)
-                ctx.forward_blocks(batch)
-        scores, excluded = [], []
-        for i in range(num_blocks):
-            x, y = torch.cat(ins[i]), torch.cat(outs[i])
-            if has_zero_variance(x) or has_zero_variance(y):
-                warnings.warn(f"cka: block {i}'s pooled ({how}) input or output is identical for every sample; "
-                              f"CKA is undefined there, so the block is "
-                              f"{'scored 0' if self.config.include_undefined else 'excluded'}", RuntimeWarning)
-                scores.append(0.0)
-                if not self.config.include_undefined:
-                    excluded.append(i)
-                continue
-            scores.append(1.0 - linear_cka(x, y))
-        return LayerScores(self.name, tuple(scores), "", tuple(excluded))
+class _PooledPairs(BlockStatistics):
+    """Each block's pooled input and output per calibration sample, reduced to ``1 - CKA``."""
+
+    def __init__(self, how: str, include_undefined: bool, num_blocks: int):
+        self.how, self.include_undefined = how, include_undefined
+        self.pairs: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self.scores = [0.0] * num_blocks
+        self.excluded: list[int] = []
+
+    def watch(self, index: int, block: nn.Module):
+        return capture_block(index, block, self._collect)
+
+    def _collect(self, index: int, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
+        ins, outs = self.pairs.setdefault(index, ([], []))
+        ins.append(pool(h_in, mask_for(h_in, self.mask), self.how).cpu())
+        outs.append(pool(h_out, mask_for(h_out, self.mask), self.how).cpu())
+
+    def finish(self, index: int) -> None:
+        ins, outs = self.pairs.pop(index)
+        x, y = torch.cat(ins), torch.cat(outs)
+        if has_zero_variance(x) or has_zero_variance(y):
+            warnings.warn(f"cka: block {index}'s pooled ({self.how}) input or output is identical for every sample; "
+                          f"CKA is undefined there, so the block is "
+                          f"{'scored 0' if self.include_undefined else 'excluded'}", RuntimeWarning)
+            if not self.include_undefined:
+                self.excluded.append(index)
+            return
+        self.scores[index] = 1.0 - linear_cka(x, y)
+
+    def result(self) -> LayerScores:
+        return LayerScores(CKASelector.name, tuple(self.scores), "", tuple(self.excluded))

@@ -1,4 +1,4 @@
-"""Forward hooks on the block ModuleList: each block's input and output hidden states.
+"""Forward hooks on transformer blocks: each block's input and output hidden states.
 
 ``output_hidden_states`` is not used: in HF decoders its last entry is taken after the final norm,
 not the raw output of the last block.
@@ -6,7 +6,7 @@ not the raw output of the last block.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -16,29 +16,38 @@ from torch import nn
 BlockFn = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
-def _hidden(value) -> torch.Tensor:
+def hidden(value) -> torch.Tensor:
+    """The hidden states in a block's input or output (a tensor, or the first of a tuple)."""
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
 @contextmanager
-def capture_blocks(blocks: nn.ModuleList, fn: BlockFn) -> Iterator[None]:
-    """Calls ``fn`` for every block on every forward pass inside the ``with`` body."""
-    inputs: dict[int, torch.Tensor] = {}
-    handles = []
-    for index, block in enumerate(blocks):
-        def pre(module, args, kwargs, index=index):
-            inputs[index] = _hidden(args[0] if args else kwargs["hidden_states"])
+def capture_block(index: int, block: nn.Module, fn: BlockFn) -> Iterator[None]:
+    """Calls ``fn(index, input, output)`` on every forward of ``block`` inside the ``with`` body."""
+    inputs: list[torch.Tensor] = []
 
-        def post(module, args, kwargs, output, index=index):
-            fn(index, inputs.pop(index), _hidden(output))
+    def pre(module, args, kwargs):
+        inputs.append(hidden(args[0] if args else kwargs["hidden_states"]))
 
-        handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(block.register_forward_hook(post, with_kwargs=True))
+    def post(module, args, kwargs, output):
+        fn(index, inputs.pop(), hidden(output))
+
+    handles = [block.register_forward_pre_hook(pre, with_kwargs=True),
+               block.register_forward_hook(post, with_kwargs=True)]
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def capture_blocks(blocks: nn.ModuleList, fn: BlockFn) -> Iterator[None]:
+    """Calls ``fn`` for every block on every forward pass inside the ``with`` body."""
+    with ExitStack() as stack:
+        for index, block in enumerate(blocks):
+            stack.enter_context(capture_block(index, block, fn))
+        yield
 
 
 def token_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:

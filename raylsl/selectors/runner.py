@@ -1,9 +1,12 @@
-"""Running a selector: calibration sampling, the on-disk score cache, and the choice.
+"""Running a selector: calibration sampling, the score cache, and the choice.
 
-Scores depend on the model, the calibration examples (size, seed), the selector and its options,
-the LoRA target modules and the token budget, never on N: they are cached under
-``~/.cache/raylsl/scores/<fingerprint>.json`` (or ``$RAYLSL_SCORE_CACHE``) and reused for every N
-in a sweep. An entry that cannot be read (a crash cut it short) is a miss: recomputed and rewritten.
+Scores depend on the model's content, the calibration examples (size, seed), the selector and its
+options, the LoRA target modules and the token budget, never on N, nor on whether the blocks were
+scored whole or one at a time (`raylsl.selectors.streaming`): they are cached as
+``<fingerprint>.json`` in the run's storage (``STORAGE/score-cache``, where every node and later
+runs and sweeps find them), else under ``~/.cache/raylsl/scores`` (or ``$RAYLSL_SCORE_CACHE``), and
+reused for every N in a sweep. An entry that cannot be read (a crash cut it short) is a miss:
+recomputed and rewritten.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from torch import nn
 
 from raylsl.config import CalibrationSettings, LoraSettings, TrainSettings
 from raylsl.data import MCExample
+from raylsl.errors import RaylslError
 from raylsl.fetch import cache_dir
 from raylsl.selectors.base import Budget, LayerScores, ScoringContext, Selector
 from raylsl.storage import Storage
@@ -38,19 +41,25 @@ class Selection:
     seconds: float
     """Wall time of scoring (0-ish on a cache hit) plus choosing."""
     cached: bool
+    placement: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Where the blocks were scored: the Ray node (when a Ray task scored them), the device, and
+    whether one block at a time (``streamed``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scores": self.scores.to_dict(), "layers": self.layers, "seconds": self.seconds, "cached": self.cached}
+        return {"scores": self.scores.to_dict(), "layers": self.layers, "seconds": self.seconds, "cached": self.cached,
+                "placement": self.placement}
 
 
 SCORE_CACHE_ENV = "RAYLSL_SCORE_CACHE"
 
 
-def score_cache_dir() -> Path:
-    """``$RAYLSL_SCORE_CACHE`` (a sweep points its trials at its own directory), else
-    ``~/.cache/raylsl/scores``."""
+def score_cache(storage: str | None = None) -> Storage:
+    """Where scores are cached: ``$RAYLSL_SCORE_CACHE`` when set, else ``STORAGE/score-cache`` for a
+    run or sweep with ``storage=``, else ``~/.cache/raylsl/scores`` on this machine."""
     override = os.environ.get(SCORE_CACHE_ENV)
-    return Path(override) if override else cache_dir() / "scores"
+    if override:
+        return Storage(override)
+    return Storage(storage).child("score-cache") if storage else Storage(cache_dir() / "scores")
 
 
 def calibration_sample(train: list[MCExample], size: int, seed: int) -> list[MCExample]:
@@ -78,7 +87,8 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: ScoringContext | None,
-                 key: dict[str, Any] | None, use_cache: bool = True, exclude: tuple[int, ...] = ()) -> Selection:
+                 key: dict[str, Any] | None, use_cache: bool = True, cache: Storage | None = None,
+                 exclude: tuple[int, ...] = ()) -> Selection:
     """Scores (from the cache when ``key`` was seen before) and chooses.
 
     Args:
@@ -88,7 +98,8 @@ def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: Scori
         ctx: scoring inputs; only needed when ``selector.needs_data``.
         key: everything the scores depend on besides the selector (model and calibration
             fingerprints, sizes); None for heuristics.
-        use_cache: read and write the on-disk cache.
+        use_cache: read and write the score cache.
+        cache: where the cache is (default: `score_cache`).
         exclude: blocks never to choose (the model does not read their output), marked excluded
             in the scores (after the cache: the cached scores are the selector's own).
     """
@@ -97,8 +108,9 @@ def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: Scori
     if selector.needs_data:
         full_key = {**key, "selector": selector.name, "options": dataclasses.asdict(selector.config)}
         fingerprint = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:24]
-        path = score_cache_dir() / f"{fingerprint}.json"
-        scores = _cached_scores(path) if use_cache else None
+        cache = cache or score_cache()
+        entry = f"{fingerprint}.json"
+        scores = _cached_scores(cache, entry) if use_cache else None
         cached = scores is not None
         if scores is None:
             was_training = ctx.model.training
@@ -106,7 +118,7 @@ def run_selector(selector: Selector, budget: Budget, num_blocks: int, ctx: Scori
             scores = dataclasses.replace(selector.score(ctx, num_blocks), fingerprint=fingerprint)
             ctx.model.train(was_training)
             if use_cache:
-                Storage(path.parent).write_json(path.name, scores.to_dict())
+                cache.write_json(entry, scores.to_dict())
     else:
         scores = selector.score(None, num_blocks)
     if exclude:
@@ -119,7 +131,8 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
                   selector: Selector, budget: Budget, calibration: CalibrationSettings,
                   target_modules: tuple[str, ...] | None, max_length: int, use_cache: bool = True,
                   validation: list[MCExample] = (), blocks_path: str = "", lora: LoraSettings | None = None,
-                  train_settings: TrainSettings | None = None, exclude: tuple[int, ...] = ()) -> Selection:
+                  train_settings: TrainSettings | None = None, model_key: str | None = None, stream=None,
+                  cache: Storage | None = None, exclude: tuple[int, ...] = ()) -> Selection:
     """Runs ``selector`` on calibration examples drawn (seeded) from the train split and chooses.
 
     Args:
@@ -127,6 +140,10 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
         max_length: the objective's token budget (part of the cache key).
         validation, blocks_path, lora, train_settings: for selectors that train while scoring
             (Flexora's search stage).
+        model_key: what the model is, in the cache key; None: `model_fingerprint` of ``model``.
+        stream: a `raylsl.selectors.streaming.BlockStream` whose skeleton ``model`` is: score one
+            block at a time.
+        cache: where scores are cached (default: `score_cache`).
         exclude: blocks never to choose (`run_selector`).
     """
     from raylsl.lora import default_target_modules
@@ -140,10 +157,12 @@ def select_blocks(model: nn.Module, blocks: nn.ModuleList, objective: Any, train
     if selector.needs_data:
         ctx = ScoringContext(model, blocks, objective, examples, calibration.batch_size, targets, blocks_path,
                              list(train_examples), list(validation), lora or LoraSettings(),
-                             train_settings or TrainSettings(), calibration.seed)
-        key = {**selection_key(model, examples, calibration.size, calibration.seed, targets, max_length),
+                             train_settings or TrainSettings(), calibration.seed, stream,
+                             stream.device if stream is not None else None)
+        key = {**selection_key(model_key or model_fingerprint(model), examples, calibration.size, calibration.seed,
+                               targets, max_length),
                **selector.cache_context(ctx)}
-    return run_selector(selector, budget, len(blocks), ctx, key, use_cache, exclude)
+    return run_selector(selector, budget, len(blocks), ctx, key, use_cache, cache, exclude)
 
 
 def examples_fingerprint(examples: list[MCExample]) -> str:
@@ -153,19 +172,19 @@ def examples_fingerprint(examples: list[MCExample]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def selection_key(model: nn.Module, calibration: list[MCExample], size: int, seed: int,
+def selection_key(model_key: str, calibration: list[MCExample], size: int, seed: int,
                   target_modules: tuple[str, ...], max_length: int) -> dict[str, Any]:
-    return {"model": model_fingerprint(model), "calibration": examples_fingerprint(calibration), "calibration_size": size,
+    return {"model": model_key, "calibration": examples_fingerprint(calibration), "calibration_size": size,
             "calibration_seed": seed, "target_modules": sorted(target_modules), "max_length": max_length}
 
 
-def _cached_scores(path: Path) -> LayerScores | None:
-    """The scores cached at ``path``; None when there are none, or when the entry cannot be read."""
-    try:
-        return LayerScores.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
+def _cached_scores(cache: Storage, entry: str) -> LayerScores | None:
+    """The scores cached as ``entry``; None when there are none, or when the entry cannot be read."""
+    if not cache.is_file(entry):
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"raylsl: the cached scores {path} cannot be read ({type(exc).__name__}); computing them again",
-              file=sys.stderr, flush=True)
+    try:
+        return LayerScores.from_dict(cache.read_json(entry))
+    except (RaylslError, ValueError, KeyError, TypeError):  # cut short, or not raylsl's scores
+        print(f"raylsl: the cached scores {cache.uri_of(entry)} cannot be read; computing them again", file=sys.stderr,
+              flush=True)
         return None

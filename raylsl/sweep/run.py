@@ -31,9 +31,9 @@ from typing import Any
 
 import yaml
 
+from raylsl.cluster import check_ray_address
 from raylsl.config import SMOKE_OVERRIDES, with_overrides
 from raylsl.data import GenExample, example_from_record, example_record, read_examples
-from raylsl.distributed.ray_train import check_ray_address
 from raylsl.errors import ConfigError
 from raylsl.lease import Lease
 from raylsl.plan import build_plan, load_run_config, score_key
@@ -84,7 +84,8 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
                     baseline=space.baseline(base.lora.r), tracking=base.tracking, tracking_uri=base.tracking_uri)
     with Lease.take(run.storage):
         _create_sweep_dir(run, space, space_path, trial_base, examples, settings)
-        scores, settings["selection"] = _score_once(trial_base, space, examples, run)
+        _start_ray(settings["workers_per_trial"], progress)  # on a cluster, a Ray task scores where trials train
+        scores, settings["selection"] = _score_once(trial_base, space, examples, run, base.storage)
         run.write_json("sweep.json", settings)
         inputs = SweepInputs(trial_base, run.storage.uri, examples, scores, sweep_rungs(settings), settings["metric"])
         return _fit(run, settings, inputs, progress, restore=False, optuna_url=space.optuna_storage)
@@ -201,11 +202,13 @@ def _portable_space(space_path: Path) -> str:
             + yaml.safe_dump(raw, sort_keys=False))
 
 
-def _score_once(base, space: SearchSpace, examples: list, run: RunDir) -> tuple[dict[str, LayerScores], dict]:
+def _score_once(base, space: SearchSpace, examples: list, run: RunDir,
+                storage: str | None = None) -> tuple[dict[str, LayerScores], dict]:
     """Scores every static selector the space can pick, once per distinct score key its discrete
     parameters can produce (Flexora's scores depend on the rank, say), and stores them in
     ``scores/``; trials read them from what the driver sends. Returns the scores and the seconds
-    spent per key (``selector:key``)."""
+    spent per key (``selector:key``). On a Ray cluster the scoring runs in a Ray task where the
+    trials train (`raylsl.scoring`); the score cache is ``storage``'s, so later sweeps find it."""
     scores: dict[str, LayerScores] = {}
     seconds: dict[str, float] = {}
     for overrides in space.selector_variants():
@@ -217,7 +220,8 @@ def _score_once(base, space: SearchSpace, examples: list, run: RunDir) -> tuple[
         if key in scores:
             continue
         started = time.perf_counter()
-        plan, _ = build_plan(config, "scores", run.storage.uri, examples=examples, fit=False)
+        scoring = with_overrides(config, {"storage": storage}) if storage else config
+        plan, _ = build_plan(scoring, "scores", run.storage.uri, examples=examples, fit=False)
         scores[key] = plan.selection.scores
         run.storage.write_json(f"scores/{key}.json", scores[key].to_dict())
         seconds[f"{selector}:{key}"] = time.perf_counter() - started
@@ -360,7 +364,7 @@ def trial_resources(settings: dict[str, Any], cluster: dict[str, float], nodes: 
 def _start_ray(workers_per_trial: int, progress: bool) -> None:
     import os
 
-    from raylsl.distributed.ray_train import init_ray
+    from raylsl.cluster import init_ray
 
     # A trial that drives Ray Train workers holds 0.5 CPU itself: give a local Ray the logical room
     # (the workers do the computing), or Tune waits forever for a worker group that cannot start.

@@ -30,10 +30,10 @@ def test_gpus_per_worker_is_asked_for_even_from_a_cpu_only_driver(monkeypatch):
 @pytest.mark.parametrize("cluster_gpus, expected", [(0, 0.0), (8, 1.0)])
 def test_auto_gpus_per_worker_follows_the_cluster(monkeypatch, cluster_gpus, expected):
     ray = pytest.importorskip("ray")
-    from raylsl.distributed import ray_train
+    from raylsl.cluster import gpus_per_worker
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": float(cluster_gpus)})
-    assert ray_train.gpus_per_worker(load_config(None, {"workers": 2})) == expected
+    assert gpus_per_worker(load_config(None, {"workers": 2})) == expected
 
 
 @pytest.mark.parametrize("settings, cluster, nodes, expected", [

@@ -120,6 +120,35 @@ def test_workers_that_cannot_reach_the_storage_say_so_in_one_line(cluster):
     assert json.loads((root / "runs" / "nostorage" / "run.json").read_text())["status"] == "failed"
 
 
+def test_a_model_in_storage_is_scored_on_the_worker_node_and_never_loaded_by_the_driver(cluster):
+    """The issue's CKA run from a CPU head: the model goes to the bucket (content-addressed: the
+    second upload is free), a Ray task on the worker node scores it (the head has no CPU for tasks)
+    and the scores come back through Ray; the driver reads the model's config.json and nothing
+    else; the worker node fetches the weights once for its scoring tasks and both training workers;
+    the scores are cached in the run storage, where the training run's own scoring finds them."""
+    nodes, s3, root, task = cluster
+    uri = _ok(nodes.raylsl("upload-model", str(root / "my-model"), "s3://raylsl/models")).split()[0]
+    assert "already in storage: nothing uploaded" in _ok(nodes.raylsl("upload-model", str(root / "my-model"),
+                                                                      "s3://raylsl/models"))
+    weights = f"{uri.removeprefix('s3://raylsl/')}/model.safetensors"
+    run = [f"model={uri}", "selector=cka", "n=2", f"task={task}", "workers=2", "worker_resources={worker_node: 1}",
+           f"output_dir={root / 'runs'}", "storage=s3://raylsl/runs", "data.test_size=16", "data.val_size=16"]
+    _ok(nodes.raylsl("select", *run))
+    (selected,) = (root / "runs").glob("select-cka-*")
+    first = json.loads((selected / "scores.json").read_text())
+    ids = nodes.node_ids()
+    assert first["placement"]["ray_node"] == ids["worker"] != ids["head"] and not first["cached"]
+    assert [k for k in s3.keys("runs/score-cache/") if k.endswith(".json")]
+
+    _ok(nodes.raylsl("train", *run, "name=cka-from-s3", "train.steps=2", "train.batch_size=4", "--no-progress"))
+    local = root / "runs" / "cka-from-s3"
+    again = json.loads((local / "scores.json").read_text())
+    assert again["cached"] and again["placement"]["ray_node"] == ids["worker"]
+    assert again["layers"] == first["layers"] == json.loads((local / "results.json").read_text())["layers"]
+    assert s3.requests("GET", weights) == 1  # once, by the worker node; never by the driver
+    assert not list((root / "cache" / "models").glob("stored-*/*.safetensors"))  # the driver's cache: config only
+
+
 SPACE = """\
 base: {base}
 set: {{data.val_size: 16, data.test_size: 16, train.steps: 3, train.batch_size: 4, train.checkpoint_every: 1,

@@ -68,10 +68,11 @@ class S3Server:
         self.port = free_port()
         self.bucket = bucket
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / "moto.log"
         self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=open(log_dir / "moto.log", "w"), stderr=subprocess.STDOUT,
+                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + 60
         while True:
@@ -94,6 +95,10 @@ class S3Server:
     def keys(self, prefix: str = "") -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+    def requests(self, method: str, key: str) -> int:
+        """How many ``method`` requests (GET, PUT...) for object ``key`` the server has logged."""
+        return sum(f"{method} /{self.bucket}/{key} " in line for line in self.log.read_text().splitlines())
 
     def stop(self) -> None:
         _stop(self.proc, grace=5)
@@ -138,6 +143,15 @@ class TwoNodeCluster:
                 return
             time.sleep(1)
         raise RuntimeError(f"the Ray cluster did not reach {count} node(s)")
+
+    def node_ids(self) -> dict[str, str]:
+        """Ray's node id of the ``head`` (the driver's node) and of the ``worker`` node."""
+        probe = ("import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+                 "print(*[('worker' if 'worker_node' in n['Resources'] else 'head') + '=' + n['NodeID'] "
+                 "for n in ray.nodes() if n['Alive']])")
+        out = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env, capture_output=True, text=True,
+                             check=True)
+        return dict(item.split("=") for item in out.stdout.split())
 
     def raylsl(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """``raylsl ARGS`` as a user would run it on the head (the driver), against this cluster."""
