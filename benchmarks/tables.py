@@ -1,0 +1,241 @@
+"""The measured tables of ``docs/results.md``, rendered from the JSON the benchmark scripts write.
+
+Each entry of `TABLES` names its JSON file(s) and a function from the loaded JSON to Markdown
+lines: the first says what the figures were measured on and at what budget, the rest are the table.
+``python docs/generate.py`` puts each rendering between the ``<!-- table: NAME -->`` and
+``<!-- end table -->`` markers of ``docs/results.md``, so a rerun benchmark updates its table and
+the prose around it stays as written. A JSON file that is absent, or that lacks a section a table
+reads, gives a one-line note instead of the table (`render`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+CPU = "this project's CPU machine (2 cores, no GPU)"
+
+
+def _blocks(layers: list[int] | str, sep: str = ",") -> str:
+    """``[0, 1, 2, 5]`` as ``0-2,5``."""
+    if isinstance(layers, str):
+        return layers
+    runs: list[list[int]] = []
+    for i in sorted(layers):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return sep.join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+
+
+def _table(header: list[str], align: str, rows: list[list[Any]]) -> list[str]:
+    """A Markdown table; ``align`` holds one ``l`` or ``r`` per column."""
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+
+
+def _on(data: dict, budget: str, file: str) -> str:
+    machine = data.get("card") or data.get("machine") or data.get("device") or "cpu"
+    where = CPU if machine == "cpu" else machine
+    return f"_Measured on {where}; {budget} (`benchmarks/{file}`)._"
+
+
+def selective_cost(d: dict) -> list[str]:
+    rows = []
+    for name, r in d["rows"].items():
+        label = "all 30" if name == "all" else f"{name.replace('-', ' ')} ({r['layers']})"
+        time = "1.00 ({:.2f} s)".format(r["step_time_s"]) if r["time_ratio"] == 1 else f"{r['time_ratio']:.2f}"
+        memory = "1.00 ({:,.0f} MB)".format(r["train_memory_mb"]) if r["memory_ratio"] == 1 else f"{r['memory_ratio']:.2f}"
+        rows.append([label, f"{r['adapter_params']:,}", time, memory])
+    return [_on(d, f"{d['model']}, batch {d['batch_size']}, {d['steps'] - d['warmup']} timed steps",
+                "selective_cost.json"), ""] + _table(
+        ["blocks", "adapter params", "step time vs all", "training memory vs all"], "lrrr", rows)
+
+
+def demo_sarcasm(d: dict) -> list[str]:
+    rows = []
+    everything = d["rows"]["all"]["adapter_params"]
+    for name, r in d["rows"].items():
+        low, _, high = r["layers"].partition("-")
+        total = round((int(high) - int(low) + 1) * everything / r["adapter_params"]) if high else None
+        label = f"all {total or 30} blocks" if name == "all" else (
+            f"upper {int(high) - int(low) + 1} of {total} blocks" if high and int(high) == total - 1 else f"blocks {r['layers']}")
+        time = "1.00 ({:.0f} s)".format(r["train_time_s"]) if r["time_ratio"] == 1 else f"{r['time_ratio']:.2f}"
+        rows.append([label, f"{r['adapter_params']:,}", f"{r['acc_before']:.3f} -> {r['acc_after']:.3f}", time])
+    n = next(iter(d["rows"].values()))["n_test"]
+    return [_on(d, f"SmolLM2-135M on sarcasm, {d['steps']} steps x batch 16, test n={n}", "demo_sarcasm.json"),
+            ""] + _table(["adapters", "params", "test acc before -> after", "train time vs all"], "lrrr", rows)
+
+
+def selection_cost(d: dict) -> list[str]:
+    rows = [[name, f"{r['seconds']:.1f}", f"{r['fraction_of_training']:.1%}"] for name, r in d["rows"].items()]
+    budget = (f"SmolLM2 + sarcasm, 128 calibration examples; the training run it configures: {d['steps']} steps x "
+              f"{d['step_time_s']:.2f} s = {d['train_time_s']:.0f} s")
+    return [_on(d, budget, "selection_cost.json"), ""] + _table(["selector", "seconds", "share of the training run"],
+                                                                "lrr", rows)
+
+
+def ranking_stability(d: dict, encoder: dict) -> list[str]:
+    rows = []
+    for name, r in d["rows"].items():
+        e = encoder["rows"][name]
+        rows.append([name, f"{r['tau_seeds_mean']:.3f}", f"{r['tau_sarcasm_vs_quartz']:.3f}",
+                     f"{e['tau_seeds_mean']:.3f} ({e['tau_seeds_min']:.3f})", f"{e['tau_sarcasm_vs_quartz']:.3f}"])
+    budget = f"Kendall tau over {d['seeds']} calibration seeds (mean of the pairs), and sarcasm vs quartz"
+    return [_on(d, budget, "ranking_stability.json, ranking_stability_minilm-l6.json"), ""] + _table(
+        ["selector", "SmolLM2 (30 blocks): tau across seeds", "tau sarcasm vs quartz",
+         "MiniLM-L6 (6 blocks): tau across seeds (min)", "tau sarcasm vs quartz"], "lrrrr", rows)
+
+
+def selector_accuracy(d: dict) -> list[str]:
+    rows = [[r["selector"], "all" if r["n"] is None else r["n"], _blocks(r["layers"]), f"{r['adapter_params']:,}",
+             f"{r['param_fraction']:.0%}", f"{r['acc']:.3f}", f"{r['acc_minus_all']:+.3f}"] for r in d["rows"]]
+    budget = (f"SmolLM2 + sarcasm, {d['steps']} steps x batch 16, same seed, test n={d['base_acc']['n']} "
+              f"(base model {d['base_acc']['acc']:.3f})")
+    return [_on(d, budget, "selector_accuracy.json"), ""] + _table(
+        ["selector", "n", "blocks chosen", "adapter params", "% of all", "test acc", "vs all"], "lrlrrrr", rows)
+
+
+def dynamic_selectors(d: dict) -> list[str]:
+    rows = [[r["run"], f"{r['adapter_params']:,}", f"{int(r['updated_per_step']):,}", f"{r['acc']:.3f}"]
+            for r in d["rows"]]
+    return [_on(d, f"SmolLM2 + sarcasm, {d['steps']} steps x batch 16, same seed, test n=500",
+                "dynamic_selectors.json"), ""] + _table(
+        ["run", "adapters that exist", "updated per step", "test acc"], "lrrr", rows)
+
+
+def distributed_cost(d: dict) -> list[str]:
+    rows = [[r["run"], f"{r['step_time_s']:.2f}", f"{r['time_ratio']:.2f}", f"{r['peak_rss_mb_rank0']:,.0f}"]
+            for r in d["rows"]]
+    return [_on(d, f"SmolLM2-135M through Ray Train (gloo), global batch 16, {d['steps'] - d['warmup']} timed steps",
+                "distributed_cost.json"), ""] + _table(["run", "s/step", "vs 1 worker", "rank-0 peak RSS (MB)"],
+                                                       "lrrr", rows)
+
+
+GPU_NOTES = {"ray-ist": "NCCL broadcast of IST's choices; includes its probe steps",
+             "zero2": "DeepSpeed's own buffers (not broken down here)",
+             "zero3": "built by zero.Init; parameters gathered and released around every module"}
+GPU_CONFIGS = {"single": "single process, bf16 base", "ray-ist": "Ray Train, 1 GPU worker, IST 25%",
+               "zero2": "Ray Train, 1 GPU worker, ZeRO-2", "zero3": "Ray Train, 1 GPU worker, ZeRO-3"}
+
+
+def gpu_check(d: dict) -> list[str]:
+    single = next(r["median_step_s"] for r in d["rows"] if r["config"] == "single")
+    rows = [[GPU_CONFIGS.get(r["config"], r["config"]), f"{r['median_step_s']:.3f}",
+             f"{r['median_step_s'] / single:.2f}", f"{r['peak_gpu_memory_mb']:,.0f}", GPU_NOTES.get(r["config"], "")]
+            for r in d["rows"]]
+    budget = (f"torch {d['torch']}, {d['weights']}; {d['steps']} steps x batch {d['batch']}, median step after "
+              f"{d['warmup']}")
+    return [_on(d, budget, "gpu_check.json"), ""] + _table(
+        ["configuration", "s/step", "vs single", "peak GPU memory (MB)", "notes"], "lrrrl", rows)
+
+
+def generative_math(d: dict) -> list[str]:
+    def em(after: dict) -> str:
+        p, n = after["exact_match"], after["n"]
+        return f"{p:.3f} ± {(p * (1 - p) / n) ** 0.5:.3f}"
+
+    rows = [["base model", "-", 0, em(d["before"]), f"{d['before']['loss']:.3f}"]]
+    rows += [[name, _blocks(r["layers"], ", "), f"{r['adapter_params']:,}", em(r["after"]), f"{r['after']['loss']:.3f}"]
+             for name, r in d["arms"].items()]
+    s = d["settings"]
+    return [_on(d, f"arithmetic, {s['steps']} steps x batch 8, test n={s['data.test_size']}",
+                "generative_math.json"), ""] + _table(
+        ["blocks", "chosen", "adapter params", "exact match", "held-out loss"], "llrll", rows)
+
+
+def _accuracies(row: dict) -> str:
+    ours = row["runs"]["raylsl"][0]
+    theirs = "" if row["identical_metrics"] else f" (lm-eval: {row['runs'][row['peer']][0]['acc']:.3f})"
+    return f"{ours['acc']:.3f}, {ours['acc_norm']:.3f}{theirs}"
+
+
+TASK_LABELS = {"sarcasm": "sarcasm (2 single-token choices)", "quartz": "quartz (2 choices, 1-3 tokens)"}
+
+
+def eval_speed(d: dict) -> list[str]:
+    rows = []
+    for task, r in d["rows"].items():
+        ratios = r["time_ratios"]
+        rows.append([TASK_LABELS.get(task, task), f"{r['median_s'][r['peer']]:.1f}", f"{r['median_s']['raylsl']:.1f}",
+                     f"**{r['time_ratio']:.2f}** ({min(ratios):.2f}-{max(ratios):.2f})",
+                     _accuracies(r)])
+    return [_on(d, f"base SmolLM2, n=500, median of {d['repeats']} runs each", "eval_speed.json"), ""] + _table(
+        ["task", "lm-eval s", "raylsl s", "raylsl / lm-eval", "acc, acc_norm (both tools unless noted)"], "lrrrl",
+        rows)
+
+
+def peer_step_time(cpu: dict, h100: dict) -> list[str]:
+    def median(runs: list[dict], key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    rows = []
+    for d in (cpu, h100):
+        device = "CPU" if d["device"] == "cpu" else d["device"].split()[1] + (" (1 run each)" if d["repeats"] == 1 else "")
+        for i, (name, r) in enumerate(d["rows"].items()):
+            trainer, ours = median(r["runs"]["trainer"], "median_step_s"), median(r["runs"]["raylsl"], "median_step_s")
+            ratios = r["time_ratios"]
+            spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+            memory = f"{r['memory_ratio']:.2f}"
+            if i == 0:  # the absolute figures once per device
+                memory += (f" ({median(r['runs']['trainer'], 'peak_memory_mb'):,.0f} -> "
+                           f"{median(r['runs']['raylsl'], 'peak_memory_mb'):,.0f} MB)")
+            digits = 2 if trainer >= 1 else 3
+            rows.append([device, name.replace(" blocks", ""), f"{trainer:.{digits}f}", f"{ours:.{digits}f}",
+                         f"**{r['time_ratio']:.2f}**{spread}", memory])
+    budget = (f"{cpu['repeats']} runs of each tool; the GPU rows on {h100['device']}, {h100['repeats']} run each; "
+              f"median step after {cpu['warmup']} warm-up steps")
+    return [_on(cpu, budget, "peer_step_time.json, peer_step_time_h100.json"), ""] + _table(
+        ["device", "blocks", "Trainer s/step", "raylsl s/step", "raylsl / Trainer", "peak memory raylsl / Trainer"],
+        "llrrrr", rows)
+
+
+def memory_load(d: dict) -> list[str]:
+    rows = [[r["checkpoint"], r["how"], f"{r['seconds']:.2f}", f"{r['peak_rss_mb']:,.0f}",
+             f"{r['bytes_per_param_rss']:.2f}"] for r in d["load"]]
+    return [_on(d, f"{d['model']} ({d['load'][0]['params']:,} parameters), loading alone", "memory_levers.json"),
+            ""] + _table(["checkpoint", "loaded as", "seconds", "peak RSS (MB)", "bytes per parameter"], "llrrr", rows)
+
+
+def memory_estimate(d: dict) -> list[str]:
+    rows = [[f"{r['blocks']} ({r['layers']})", r["checkpointing"], r["loss_chunk"] or "off",
+             f"{r['estimated_step_mb']:,.0f}", f"{r['measured_step_mb']:,.0f}", f"{r['step_error']:+.1%}"]
+            for r in d["estimate"]]
+    budget = (f"{d['model']}, batch {d['batch']} x sequence {d['sequence']}, {d['steps']} steps after "
+              f"{d['warmup']}; each step's measured memory beside `raylsl estimate`'s figure for it")
+    return [_on(d, budget, "memory_levers.json"), ""] + _table(
+        ["blocks", "checkpointing", "loss chunk", "estimated step (MB)", "measured step (MB)", "error"], "lllrrr", rows)
+
+
+TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
+    "peer_step_time": (("peer_step_time.json", "peer_step_time_h100.json"), peer_step_time),
+    "eval_speed": (("eval_speed.json",), eval_speed),
+    "gpu_check": (("gpu_check.json",), gpu_check),
+    "selective_cost": (("selective_cost.json",), selective_cost),
+    "demo_sarcasm": (("demo_sarcasm.json",), demo_sarcasm),
+    "selection_cost": (("selection_cost.json",), selection_cost),
+    "ranking_stability": (("ranking_stability.json", "ranking_stability_minilm-l6.json"), ranking_stability),
+    "selector_accuracy": (("selector_accuracy.json",), selector_accuracy),
+    "dynamic_selectors": (("dynamic_selectors.json",), dynamic_selectors),
+    "distributed_cost": (("distributed_cost.json",), distributed_cost),
+    "generative_math": (("generative_math.json",), generative_math),
+    "memory_load": (("memory_levers.json",), memory_load),
+    "memory_estimate": (("memory_levers.json",), memory_estimate),
+}
+"""Table name (as the marker in docs/results.md spells it) -> its JSON files and renderer."""
+
+
+def render(name: str, directory: Path = HERE) -> list[str]:
+    """Table ``name`` from the JSON in ``directory``; a note instead when a file or a section is missing."""
+    files, renderer = TABLES[name]
+    missing = [f for f in files if not (directory / f).is_file()]
+    if missing:
+        return [f"_Not measured yet: `benchmarks/{missing[0]}` does not exist (run `benchmarks/{name}.py`)._"]
+    try:
+        return renderer(*(json.loads((directory / f).read_text()) for f in files))
+    except (KeyError, TypeError, StopIteration) as exc:
+        return [f"_Not measured yet: `benchmarks/{files[0]}` has no {exc} (rerun `benchmarks/{name}.py`)._"]
