@@ -58,6 +58,18 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """Every default-suite test on one torch thread: its models are tiny, and extra threads only
+    spin against each other and whatever else runs on a 2-core machine (steps measured 5-20x
+    slower with two). The real-model tests (``slow``) keep torch's own count."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    with torch_threads(1):
+        yield
+
+
 @contextmanager
 def torch_threads(count: int):
     """Torch's intra-op threads set to ``count`` inside the body. Tiny models compute fastest on

@@ -1,6 +1,5 @@
-"""Fixtures of the vision tests: the colour data, a score cache of the module's own, and one torch
-thread (the tiny models' steps are 5-20x slower with two threads on a shared 2-core machine:
-the threads spin against each other and whatever else runs)."""
+"""Fixtures of the vision tests: the colour data and a score cache of the module's own (one torch
+thread for every test: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +8,6 @@ from pathlib import Path
 import pytest
 from vision_cases import write_colours
 
-from tests.conftest import torch_threads
-
-
-@pytest.fixture(scope="package", autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="session")
