@@ -192,3 +192,25 @@ def test_step_costs_time_after_warm_up_and_count_live_tensor_bytes():
     assert out["step_time_spread"] > 0
     # the warm-up saw the gradients and AdamW's two moments (3 x the parameters) besides activations
     assert out["peak_memory"] >= costs.base + 3 * costs.base and out["peak_memory_source"] == "torch_live_bytes"
+
+
+def test_live_tensor_bytes_are_the_same_on_every_run_of_the_same_configuration():
+    import torch
+
+    from raylsl.training.costs import StepCosts
+
+    def peak() -> int:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+        model[0].requires_grad_(False)  # frozen below, trained above: as a selection leaves a model
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        costs = StepCosts(model, optimizer, torch.device("cpu"))
+        for _ in range(3):
+            costs.start_step()
+            model(torch.randn(16, 64)).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            costs.end_step(0.1, 16)
+        return costs.summary()["peak_memory"]
+
+    assert peak() == peak() == peak()  # memory ranks as it is; step time needs its spread
