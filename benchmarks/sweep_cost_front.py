@@ -66,7 +66,17 @@ def fronts(report: SweepReport) -> dict:
                       "pick_rank": int(best["rank"]), "pick_val_acc": float(best["val_acc"]),
                       "memory_ratio": float(best["peak_memory"] / row.peak_memory),
                       "step_time_ratio": float(best["step_time"] / row.step_time)})
-    return {"param_front": sorted(on["trainable_params"]), "memory_front": sorted(on["peak_memory"]),
+    pairs = []  # equal parameters, different blocks: what the parameter count cannot tell apart
+    for params, group in done.groupby("trainable_params"):
+        if len(group) > 1:
+            low, high = group.loc[group["peak_memory"].idxmin()], group.loc[group["peak_memory"].idxmax()]
+            pairs.append({"trainable_params": int(params), "least_memory": f"{low['selector']} {low['blocks']}",
+                          "most_memory": f"{high['selector']} {high['blocks']}",
+                          "memory_ratio": float(low["peak_memory"] / high["peak_memory"]),
+                          "estimated_memory_ratio": float(low["estimated_memory"] / high["estimated_memory"]),
+                          "step_time_ratio": float(low["step_time"] / high["step_time"]),
+                          "val_acc_diff": float(low["val_acc"] - high["val_acc"])})
+    return {"equal_params_pairs": pairs, "param_front": sorted(on["trainable_params"]), "memory_front": sorted(on["peak_memory"]),
             "time_front": sorted(on["step_time"]), "three_objective_front": sorted(three),
             "only_param_front": sorted(on["trainable_params"] - on["peak_memory"]),
             "only_memory_front": sorted(on["peak_memory"] - on["trainable_params"]), "saves_at_equal_accuracy": saves}
@@ -94,7 +104,7 @@ def figure(report: SweepReport, cut: dict, path: Path) -> None:
         ax.scatter(x[ring], done["val_acc"][ring], facecolors="none", edgecolors="red", s=140, lw=1.5, zorder=4,
                    label=f"front on {cost}")
         for xi, row in zip(x, done.itertuples()):
-            ax.annotate(f"{row.selector} {str(row.blocks).split(' (')[0]} r{row.rank}", (xi, row.val_acc),
+            ax.annotate(f"{row.selector} {str(row.blocks).split(' (')[0]} r{int(row.rank)}", (xi, row.val_acc),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
@@ -143,12 +153,15 @@ def main() -> None:
     keep = ["trial", "trial_id", "status", "selector", "blocks", "rank", "trainable_params", "val_acc", "val_ci_low",
             "val_ci_high", "peak_memory", "estimated_memory", "step_time", "step_time_spread", "tokens_per_second",
             "train_time_s"]
+    complete = report.complete
     result = {
-        "smoke": args.smoke, "run_dir": str(run_dir), "device": "cpu (2 cores shared with other work)",
+        "smoke": args.smoke, "finished_trials": int(len(done)), "complete": complete, "run_dir": str(run_dir), "device": "cpu (2 cores shared with other work)",
         "budget": {"trials": settings["trials"], **{k: v for k, v in space["set"].items()},
-                   "note": f"{settings['trials']} trials, not the ~24 the issue asks for, and "
+                   "note": f"{len(done)} of {settings['trials']} planned trials finished (the issue asks ~24), "
                            f"{space['set']['train.steps']} steps per trial: what fits ~30 min of a shared 2-core "
-                           f"CPU; accuracies after so few steps are early-training accuracies"},
+                           f"CPU; accuracies after so few steps are early-training accuracies"
+                           + ("" if complete else "; the sweep was interrupted (Ctrl-C) when its time budget ran "
+                              "out, the unfinished trials are not counted")},
         "wall_time_s": settings.get("wall_time_s"), "benchmark_wall_s": time.perf_counter() - started,
         "peak_memory_source": "torch_live_bytes (weights + the warm-up steps' peak of live tensor bytes)",
         "trials": json.loads(done[keep].to_json(orient="records")),
@@ -164,7 +177,7 @@ def main() -> None:
     print(f"{'trial':>5} {'selector':>10} {'blocks':>14} {'r':>2} {'params':>9} {'val acc':>7} {'95% CI':>13} "
           f"{'peak MiB':>8} {'est MiB':>8} {'step s':>7} {'IQR':>5}")
     for row in done.itertuples():
-        print(f"{row.trial:>5} {row.selector:>10} {str(row.blocks):>14} {row.rank:>2} {int(row.trainable_params):>9,} "
+        print(f"{row.trial:>5} {row.selector:>10} {str(row.blocks):>14} {int(row.rank):>2} {int(row.trainable_params):>9,} "
               f"{row.val_acc:7.3f} [{row.val_ci_low:.3f},{row.val_ci_high:.3f}] {row.peak_memory / 2**20:8.0f} "
               f"{row.estimated_memory / 2**20:8.0f} {row.step_time:7.3f} {row.step_time_spread:5.0%}")
     print(f"parameter front: {cut['param_front']}\nmemory front:    {cut['memory_front']}")
@@ -172,6 +185,10 @@ def main() -> None:
     for s in cut["saves_at_equal_accuracy"]:
         print(f"  {s['blocks']} r{s['rank']} (acc {s['val_acc']:.3f}) -> {s['pick_blocks']} r{s['pick_rank']} "
               f"(acc {s['pick_val_acc']:.3f}): {s['memory_ratio']:.2f}x memory, {s['step_time_ratio']:.2f}x step time")
+    for p in cut["equal_params_pairs"]:
+        print(f"  {p['trainable_params']:,} parameters: {p['least_memory']} vs {p['most_memory']}: "
+              f"{p['memory_ratio']:.2f}x memory (estimate {p['estimated_memory_ratio']:.2f}x), "
+              f"{p['step_time_ratio']:.2f}x step time, val acc {100 * p['val_acc_diff']:+.1f} points")
     print(by_params["text"])
     print(by_memory["text"])
     print(f"wrote {out_json}")
