@@ -390,7 +390,7 @@ class SweepReport:
             out["text"] = self._savings_text(pick, baseline, out, how)
             return out
         out["text"] = (f"Recommended (within {eps:g} of all blocks): {pick['selector']}, blocks {pick['blocks']}, "
-                       f"rank {pick['rank']}: {int(pick['trainable_params']):,} trainable parameters "
+                       f"rank {_rank_text(pick['rank'])}: {int(pick['trainable_params']):,} trainable parameters "
                        f"({pick['pct_of_all_blocks']:.1f}% of all-block LoRA); val {short} {pick[val]:.3f}"
                        f"{ci('val_ci')} vs all blocks {baseline[val]:.3f}{ci('baseline_ci')}, difference "
                        f"{pick[val] - baseline[val]:+.3f}{ci('diff_ci')} ({how}){test}.")
@@ -406,7 +406,7 @@ class SweepReport:
         ci = f" [{unit(out['diff_ci'][0])}, {unit(out['diff_ci'][1])}]" if out["diff_ci"] else ""
         blocks = str(pick["blocks"]).split(" (")[0]
         return (f"Recommended by {RATIO_LABELS[out['cost']]} (within {out['eps']:g} of all blocks): {pick['selector']}, "
-                f"blocks {blocks} at r{pick['rank']}: {ratios} of all blocks, val {SHORT[self.metric]} "
+                f"blocks {blocks} at r{_rank_text(pick['rank'])}: {ratios} of all blocks, val {SHORT[self.metric]} "
                 f"{unit(diff)}{' points' if points else ''}{ci} ({how}).")
 
     def front_table(self) -> str:
@@ -420,7 +420,7 @@ class SweepReport:
         for row in front.to_dict("records"):
             test = "" if _missing(row[self.test]) else f"{row[self.test]:.3f}"
             costs = "".join(f"{_cost_text(c, row[c])} | " for c in extra)
-            lines.append(f"| {row['selector']} | {row['blocks']} | {row['rank']} | {int(row['trainable_params']):,} "
+            lines.append(f"| {row['selector']} | {row['blocks']} | {_rank_text(row['rank'])} | {int(row['trainable_params']):,} "
                          f"| {row['pct_of_all_blocks']:.1f} | {costs}{row[self.val]:.3f} | {test} "
                          f"| {row['train_time_s']:.1f} | {row['checkpoint']} |")
         return "\n".join(lines) + "\n"
@@ -590,6 +590,11 @@ def _trial_row(trial: TuneTrial, storage: Storage, stopped=frozenset(), metric: 
         "checkpoint": trial.checkpoint if finished else "", "params": json.dumps(params, sort_keys=True),
         "error": error, "curve": _curve(trial.results, f"val_{metric}"),
     }
+
+
+def _rank_text(rank) -> str:
+    """A LoRA rank as text: 8, not 8.0 (a column with a missing rank is float)."""
+    return str(int(rank)) if _finite(_plain(rank)) and float(rank).is_integer() else str(rank)
 
 
 def _cost_text(key: str, value) -> str:
