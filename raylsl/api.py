@@ -1,4 +1,4 @@
-"""The Python entry points: `select_layers`, `estimate`."""
+"""The Python entry points: `select_layers`, `estimate`, `sweep_report`."""
 
 from __future__ import annotations
 
@@ -77,3 +77,17 @@ def estimate(config: str | dict | None = None, overrides: list[str] | dict | Non
     if isinstance(config, dict):
         config, overrides = None, {**config, **parse_overrides(overrides)}
     return estimate_run(load_run_config(config, overrides), gpus, gpu_memory, target_tokens)
+
+
+def sweep_report(sweep_dir: str, objectives: str | list | dict | None = None):
+    """A finished (or running) sweep's report, its front cut on the sweep's own objectives or on
+    ``objectives`` (2 or 3 recorded columns: ``"val_acc,peak_memory,step_time"``), without training:
+    what ``raylsl report --objectives`` writes, as a `raylsl.report.SweepReport`
+    (``.pareto_front()``, ``.recommend(eps=0.01, cost="peak_memory")``, ``.plot(path)``).
+
+    Raises:
+        ConfigError: not a sweep, an unknown objective, or one no finished trial recorded.
+    """
+    from raylsl.report import load
+
+    return load(sweep_dir, objectives)

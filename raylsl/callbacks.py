@@ -28,6 +28,8 @@ class LoopState:
     """Completed optimizer steps."""
     extra_metrics: dict[str, Any] = field(default_factory=dict)
     """Callbacks put per-step values here; they are written to the metrics line."""
+    costs: Any = None
+    """The run's `raylsl.training.costs.StepCosts` so far (set by the loop when training starts)."""
 
 
 class Callback:

@@ -1,5 +1,5 @@
 """Command line: ``raylsl train``, ``select``, ``estimate``, ``eval``, ``export``, ``upload-model``,
-``sweep`` and ``report``.
+``sweep``, ``report`` and ``recommend``.
 
 Each command maps to a plain function in `raylsl.recipes`. Positional arguments are an optional
 YAML config (or run directory) followed by ``key=value`` overrides (``lora.r=16 layers=15-29``).
@@ -180,11 +180,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from raylsl import report as reports
 
-    report = reports.load(args.run_dir)
+    report = reports.load(args.run_dir, args.objectives)
     if report.complete and not args.no_test:  # a running or interrupted sweep's front is provisional
-        report = _sweep_module().evaluate_front(report)
+        report = reports.load(_sweep_module().evaluate_front(report).run_dir, args.objectives)
     report.write()
     _print_report(report)
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from raylsl import report as reports
+
+    found = reports.load(args.run_dir).recommend(eps=args.eps, cost=args.cost)
+    print(json.dumps(found, indent=2, default=str) if args.json else found["text"])
     return 0
 
 
@@ -302,7 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="Pareto report of a sweep: pareto.csv, pareto.md, pareto.png")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--no-test", action="store_true", help="do not evaluate front members on the test split")
+    report.add_argument("--objectives", metavar="A,B[,C]",
+                        help="re-cut the front on 2 or 3 recorded columns, e.g. val_acc,peak_memory,step_time "
+                             "(default: the sweep's own objectives); nothing is trained")
     report.set_defaults(func=cmd_report)
+
+    recommend = sub.add_parser("recommend", help="which blocks to train: the cheapest trial within eps of all blocks")
+    recommend.add_argument("run_dir", metavar="RUN_DIR", help="a sweep's directory or storage URI")
+    recommend.add_argument("--cost", default="trainable_params",
+                           help="the cost to minimise: trainable_params (default), peak_memory, step_time, "
+                                "estimated_memory, or tokens_per_second (maximised)")
+    recommend.add_argument("--eps", type=float, default=0.01,
+                           help="how far below all blocks' validation metric a pick may be (default 0.01)")
+    recommend.add_argument("--json", action="store_true", help="the whole recommendation as JSON")
+    recommend.set_defaults(func=cmd_recommend)
     return parser
 
 

@@ -249,6 +249,31 @@ def estimate(config: RunConfig, device: Device, layers: list[int] | None = None,
     return result
 
 
+def estimated_memory(config: RunConfig, device_kind: str, layers: list[int], ranks: int = 1,
+                     checkpointing: bool | None = None, generative: bool | None = None) -> int | None:
+    """The estimate's total for the run as it trains (bytes per device, `estimate`'s configured
+    option): what a run records as ``estimated_memory`` beside its measured ``peak_memory``. None
+    when the model's config cannot be estimated (the objective is then left out, not guessed).
+
+    Args:
+        checkpointing: whether activation checkpointing is on (``auto`` resolved by the fit check);
+            None reads the config.
+    """
+    if checkpointing is not None:
+        config = _with(config, "train.activation_checkpointing", "on" if checkpointing else "off")
+    try:
+        found = estimate(config, Device(device_kind, 0, ranks), list(layers), generative=generative, table=False)
+    except Exception as exc:  # noqa: BLE001 (a cost record never fails the run it describes)
+        import warnings
+
+        from raylsl.errors import RaylslWarning
+
+        warnings.warn(f"no estimated_memory for this run: the estimate failed ({type(exc).__name__}: {exc})",
+                      RaylslWarning, stacklevel=2)
+        return None
+    return int(found.configured.total)
+
+
 def planned_layers(config: RunConfig, num_blocks: int) -> list[int]:
     """The blocks a run will adapt, as far as the config says before any scoring: listed blocks;
     a heuristic or dynamic selector's choice (no data needed); for a data-scored selector, its

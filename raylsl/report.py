@@ -1,10 +1,13 @@
-"""Pareto reports of a sweep: the task's validation metric against trainable parameters.
+"""Pareto reports of a sweep: the task's validation metric against trainable parameters, or
+against what training costs (``objectives:`` in the space file; `COSTS`).
 
     report = raylsl.report.load("runs/sweep-default-...")
     report.trials            # every trial (pandas DataFrame), failed ones with their error
     report.pareto_front()    # the non-dominated finished trials: best validation metric, fewest parameters
     report.plot("front.png")
     report.recommend(eps=0.01)  # the fewest parameters within eps of all blocks, with bootstrap intervals
+    report.recommend(eps=0.01, cost="peak_memory")  # the least memory instead, and what it saves
+    load("runs/sweep-...", objectives="val_acc,peak_memory").pareto_front()  # re-cut on recorded columns
 
 The trials come from what Ray Tune writes as JSON and text into each trial's directory (``tune/``
 in the sweep's storage: ``params.json``, ``result.json``, ``error.txt``), with each trial's final
@@ -45,12 +48,76 @@ SCHEDULER_STATE = "scheduler.json"
 """The scheduler's rung records and the trials it stopped, in the sweep's storage."""
 
 
-def objectives(metric: str = "acc") -> dict[str, str]:
-    """A sweep's two objectives as Tune result keys and directions: the validation metric, and
-    trainable parameters (minimised)."""
+COSTS = {"trainable_params": "min", "peak_memory": "min", "step_time": "min", "tokens_per_second": "max",
+         "estimated_memory": "min"}
+"""What a trial's training costs, as recorded result keys (`raylsl.training.costs`), and the
+direction each is better in: the objectives a sweep can trade the validation metric against."""
+COST_LABELS = {"trainable_params": "trainable parameters", "peak_memory": "peak memory (MiB)",
+               "step_time": "step time (s)", "tokens_per_second": "tokens/s", "estimated_memory": "est. memory (MiB)"}
+RATIO_LABELS = {"trainable_params": "parameters", "peak_memory": "memory", "step_time": "step time",
+                "tokens_per_second": "tokens/s", "estimated_memory": "estimated memory"}
+"""How the recommendation names a cost ratio ("0.52x memory")."""
+RECORDED = ("peak_memory", "step_time", "step_time_spread", "tokens_per_second", "estimated_memory")
+"""The cost columns a report reads from each trial's last result (NaN when not recorded)."""
+
+
+def objectives(metric: str = "acc", chosen: Any = None, where: str = "objectives") -> dict[str, str]:
+    """A sweep's objectives as Tune result keys and directions, the validation metric first.
+
+    Args:
+        metric: the validation metric (a key of `METRICS`).
+        chosen: None for the default two (the validation metric, and trainable parameters
+            minimised); else 2 or 3 objectives: a mapping or list of ``{name: direction}`` (the
+            space file's ``objectives:``), or names alone (``"val_acc,peak_memory"``, each then in
+            its own direction). One must be the validation metric (``val_<metric>``).
+        where: what to name in an error (the file and key, or the flag).
+
+    Raises:
+        ConfigError: an unknown name, a wrong direction, a repeat, or not 2-3 objectives.
+    """
     if metric not in METRICS:
         raise ConfigError(f"metric={metric!r}; choose one of {', '.join(METRICS)}")
-    return {f"val_{metric}": METRICS[metric], "trainable_params": "min"}
+    val = f"val_{metric}"
+    if chosen is None:
+        return {val: METRICS[metric], "trainable_params": "min"}
+    pairs = _objective_pairs(chosen, where)
+    known = {val: METRICS[metric], **COSTS}
+    names = [name for name, _ in pairs]
+    for name, direction in pairs:
+        if name not in known:
+            raise ConfigError(f"{where}: unknown objective {name!r}; choose 2 or 3 of {', '.join(known)}")
+        if direction not in ("max", "min", None):
+            raise ConfigError(f"{where}: {name}: direction {direction!r} must be max or min")
+        if direction is not None and direction != known[name]:
+            raise ConfigError(f"{where}: {name} is better when {'higher' if known[name] == 'max' else 'lower'}: "
+                              f"write {name}: {known[name]}, not {direction}")
+    if len(set(names)) != len(names) or not 2 <= len(names) <= 3 or val not in names:
+        raise ConfigError(f"{where}: list 2 or 3 different objectives, {val} among them, e.g. "
+                          f"[{val}: {METRICS[metric]}, peak_memory: min, step_time: min]; got {names}")
+    return {val: known[val], **{name: known[name] for name in names if name != val}}
+
+
+_objectives = objectives  # for `load`, whose argument of that name shadows it
+
+
+def _objective_pairs(chosen: Any, where: str) -> list[tuple[str, str | None]]:
+    """``(name, direction or None)`` from a mapping, a list of one-key mappings or names, or a
+    comma-separated string."""
+    if isinstance(chosen, str):
+        return [(name.strip(), None) for name in chosen.split(",") if name.strip()]
+    if isinstance(chosen, dict):
+        return list(chosen.items())
+    if isinstance(chosen, (list, tuple)):
+        pairs = []
+        for item in chosen:
+            if isinstance(item, dict) and len(item) == 1:
+                pairs.append(next(iter(item.items())))
+            elif isinstance(item, str):
+                pairs.append((item, None))
+            else:
+                raise ConfigError(f"{where}: each objective is `name: max` or `name: min`, got {item!r}")
+        return pairs
+    raise ConfigError(f"{where}: expected a list such as [val_acc: max, peak_memory: min], got {chosen!r}")
 
 
 def columns(metric: str = "acc") -> list[str]:
@@ -58,8 +125,8 @@ def columns(metric: str = "acc") -> list[str]:
     and ``results.json`` inside); ``curve``: the validation metric by step, ``[[step, value], ...]``
     (JSON)."""
     return ["trial", "trial_id", "status", "selector", "n", "rank", "blocks", "trainable_params", "pct_of_all_blocks",
-            f"val_{metric}", f"test_{metric}", "train_time_s", "selection_time_s", "checkpoint", "params", "error",
-            "curve"]
+            f"val_{metric}", f"test_{metric}", "train_time_s", "selection_time_s", *RECORDED, "checkpoint", "params",
+            "error", "curve"]
 
 
 def pareto_mask(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -110,6 +177,19 @@ class SweepReport:
     """The sweep's storage directory (``run_dir`` itself without ``storage=``)."""
     metric: str = "acc"
     """The validation metric trials are ranked by (a key of `METRICS`)."""
+    objectives: dict[str, str] | None = None
+    """The objectives the front is cut on (result key -> direction, the validation metric first);
+    None: the validation metric and trainable parameters."""
+
+    @property
+    def goals(self) -> dict[str, str]:
+        """The front's objectives and their directions."""
+        return self.objectives or objectives(self.metric)
+
+    @property
+    def costs(self) -> list[str]:
+        """The front's cost objectives (all but the validation metric)."""
+        return [name for name in self.goals if name != self.val]
 
     @property
     def val(self) -> str:
@@ -124,9 +204,13 @@ class SweepReport:
     def maximise(self) -> bool:
         return METRICS[self.metric] == "max"
 
-    def _best_first(self, frame, by_params: bool = True):
-        keys = ["trainable_params", self.val] if by_params else [self.val]
-        return frame.sort_values(keys, ascending=[True, not self.maximise] if by_params else [not self.maximise])
+    def _best_first(self, frame, by_params: bool = True, cost: str | None = None):
+        """Sorted by ``cost`` (default: the front's first cost), then the metric; or by the metric alone."""
+        if not by_params:
+            return frame.sort_values([self.val], ascending=[not self.maximise])
+        cost = cost or self.costs[0]
+        keys = list(dict.fromkeys([cost, self.val, "trainable_params"]))
+        return frame.sort_values(keys, ascending=[self.goals.get(k, COSTS.get(k)) != "max" for k in keys])
 
     @property
     def complete(self) -> bool:
@@ -135,12 +219,13 @@ class SweepReport:
         return self.planned is None or done >= self.planned
 
     def pareto_front(self):
-        """Finished trials that no other finished trial beats on both the validation metric and
-        trainable parameters, sorted by parameters."""
+        """Finished trials that no other finished trial beats on every objective (`goals`: the
+        validation metric and trainable parameters, or the sweep's or the re-cut's), sorted by the
+        first cost. A trial without a value of some objective is not on the front."""
         done = self.trials[self.trials["status"] == "TERMINATED"]
         if done.empty:
             return done
-        goals = objectives(self.metric)
+        goals = self.goals
         mask = pareto_mask(done[list(goals)].to_numpy(dtype=float), list(goals.values()))
         return self._best_first(done[mask])
 
@@ -150,7 +235,10 @@ class SweepReport:
 
     def plot(self, path: str | Path | None = None):
         """Every finished trial as a point coloured by selector, the front as a step line, all-block
-        LoRA as a star; returns the matplotlib figure (and saves it when ``path`` is given)."""
+        LoRA as a star; returns the matplotlib figure (and saves it when ``path`` is given). A front
+        on other costs than trainable parameters is drawn as its pairwise projections (`plot_pairs`)."""
+        if self.costs != ["trainable_params"]:
+            return self.plot_pairs(path)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -176,12 +264,7 @@ class SweepReport:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_ylabel(f"validation {LABELS[self.metric]}" + ("" if self.maximise else " (lower is better)"))
-        failed = int((self.trials["status"] == "ERROR").sum())
-        stopped = int((self.trials["status"] == STOPPED).sum())
-        infeasible = int((self.trials["status"] == INFEASIBLE).sum())
-        notes = [f"{failed} failed"] * bool(failed) + [f"{stopped} stopped early"] * bool(stopped) \
-            + [f"{infeasible} cannot fit"] * bool(infeasible)
-        ax.set_title(f"{self.run_dir.name}: {len(done)} trials" + (f" ({', '.join(notes)})" if notes else ""))
+        ax.set_title(self._title(len(done)))
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -190,8 +273,61 @@ class SweepReport:
         plt.close(fig)
         return fig
 
-    def recommend(self, eps: float = 0.01, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-        """Which blocks to train: the finished trial with the fewest trainable parameters whose
+    def _title(self, finished: int) -> str:
+        failed = int((self.trials["status"] == "ERROR").sum())
+        stopped = int((self.trials["status"] == STOPPED).sum())
+        infeasible = int((self.trials["status"] == INFEASIBLE).sum())
+        notes = [f"{failed} failed"] * bool(failed) + [f"{stopped} stopped early"] * bool(stopped) \
+            + [f"{infeasible} cannot fit"] * bool(infeasible)
+        return f"{self.run_dir.name}: {finished} trials" + (f" ({', '.join(notes)})" if notes else "")
+
+    def plot_pairs(self, path: str | Path | None = None):
+        """The front's pairwise projections, one panel per pair of objectives (the metric against
+        each cost, each cost against the other): every finished trial coloured by selector, front
+        members ringed in black, all-block LoRA as a star. Memory is drawn in MiB."""
+        import itertools
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        goals = list(self.goals)
+        pairs = list(itertools.combinations(goals, 2))
+        fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs) + 1.8, 4.4), squeeze=False)
+        done = self.trials[self.trials["status"] == "TERMINATED"]
+        front, base = self.pareto_front(), self.baseline()
+        scale = lambda frame, key: frame[key] / 2**20 if key.endswith("memory") else frame[key]  # noqa: E731
+        for ax, (y, x) in zip(axes[0], [(a, b) if a == self.val else (b, a) for a, b in pairs]):
+            for selector, group in done.groupby("selector"):
+                ax.scatter(scale(group, x), scale(group, y), label=selector, alpha=0.75, s=30)
+            if not front.empty:
+                ax.scatter(scale(front, x), scale(front, y), facecolors="none", edgecolors="black", s=90, lw=1.3,
+                           label="on the front")
+            if not base.empty:
+                ax.scatter(scale(base, x), scale(base, y), marker="*", s=220, color="gold", edgecolor="black",
+                           zorder=5, label="all blocks (LoRA)")
+            ax.set_xlabel(self._axis_label(x))
+            ax.set_ylabel(self._axis_label(y))
+            ax.grid(alpha=0.3)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, loc="upper right")
+        fig.suptitle(self._title(len(done)) + f"; front over {', '.join(goals)}", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+        if path is not None:
+            fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return fig
+
+    def _axis_label(self, key: str) -> str:
+        if key == self.val:
+            return f"validation {LABELS[self.metric]}"
+        return COST_LABELS[key] + (" (higher is better)" if COSTS[key] == "max" else "")
+
+    def recommend(self, eps: float = 0.01, n_boot: int = 2000, seed: int = 0,
+                  cost: str = "trainable_params") -> dict[str, Any]:
+        """Which blocks to train: the finished trial with the lowest ``cost`` (a `COSTS` key:
+        fewest trainable parameters by default, or least ``peak_memory``, ``step_time``...) whose
         validation metric is within ``eps`` of the all-block baseline's (at least baseline - eps for
         accuracy and exact match, at most baseline + eps for loss), ties to the better metric, so it
         is a front member.
@@ -202,9 +338,20 @@ class SweepReport:
         (every trial is validated on the same examples; ``None`` when a trial's results hold no
         per-example record), and ``text``, the sentence ``pareto.md`` and ``raylsl report`` open
         with. ``trial_id`` is None when there is no baseline, or when no trial with fewer
-        parameters than the baseline is within ``eps`` (then: train all blocks).
+        parameters than the baseline is within ``eps`` (then: train all blocks). With a ``cost``
+        other than trainable parameters, ``text`` says what the pick saves against all blocks
+        ("blocks 18-29 at r8: 0.52x memory, 0.61x step time, 0.40x parameters of all blocks, val acc
+        -0.4 points [-1.1, +0.3]") and ``ratios`` holds those factors.
+
+        Raises:
+            ConfigError: ``cost`` is not a `COSTS` key, or no finished trial recorded it.
         """
+        if cost not in COSTS:
+            raise ConfigError(f"--cost {cost}: choose one of {', '.join(COSTS)}")
         done = self.trials[self.trials["status"] == "TERMINATED"]
+        if not done.empty and not np.isfinite(done[cost].to_numpy(dtype=float)).any():
+            raise ConfigError(f"--cost {cost}: no finished trial of {self.run_dir.name} recorded {cost} (a sweep "
+                              f"from before costs were recorded has trainable_params only)")
         base = self.baseline()
         if base.empty:
             return {"trial_id": None, "eps": eps,
@@ -213,11 +360,14 @@ class SweepReport:
         baseline = self._best_first(base, by_params=False).iloc[0]
         margin = eps + 1e-12
         within = done[done[val] >= baseline[val] - margin] if self.maximise else done[done[val] <= baseline[val] + margin]
-        pick = self._best_first(within).iloc[0]
-        if pick["trainable_params"] >= baseline["trainable_params"]:
-            return {"trial_id": None, "eps": eps, "baseline_val": float(baseline[val]),
+        within = within[np.isfinite(within[cost].to_numpy(dtype=float))]
+        pick = self._best_first(within, cost=cost).iloc[0] if not within.empty else baseline
+        better = pick[cost] < baseline[cost] if COSTS[cost] == "min" else pick[cost] > baseline[cost]
+        if not better:
+            fewer = "fewer trainable parameters" if cost == "trainable_params" else f"a better {RATIO_LABELS[cost]}"
+            return {"trial_id": None, "eps": eps, "cost": cost, "baseline_val": float(baseline[val]),
                     f"baseline_{val}": float(baseline[val]),
-                    "text": f"No trial with fewer trainable parameters than all-block LoRA is within {eps:g} of "
+                    "text": f"No trial with {fewer} than all-block LoRA is within {eps:g} of "
                             f"its validation {name} ({baseline[val]:.3f}): train all blocks."}
         ours, theirs = _per_example(pick["checkpoint"], self.metric), _per_example(baseline["checkpoint"], self.metric)
         out = {**{k: _plain(v) for k, v in pick.to_dict().items()}, "eps": eps, "baseline_val": float(baseline[val]),
@@ -232,24 +382,47 @@ class SweepReport:
         test = "" if _missing(pick[self.test]) else f"; test {short} {pick[self.test]:.3f}"
         how = (f"95% paired bootstrap over {out['n_val']} validation examples" if out["n_val"]
                else "no per-example validation record: no intervals")
+        out["cost"] = cost
+        out["ratios"] = {key: float(pick[key] / baseline[key]) for key in ("peak_memory", "step_time", "trainable_params",
+                                                                          "estimated_memory")
+                         if _finite(_plain(pick[key])) and _finite(_plain(baseline[key])) and baseline[key] > 0}
+        if cost != "trainable_params":
+            out["text"] = self._savings_text(pick, baseline, out, how)
+            return out
         out["text"] = (f"Recommended (within {eps:g} of all blocks): {pick['selector']}, blocks {pick['blocks']}, "
-                       f"rank {pick['rank']}: {int(pick['trainable_params']):,} trainable parameters "
+                       f"rank {_rank_text(pick['rank'])}: {int(pick['trainable_params']):,} trainable parameters "
                        f"({pick['pct_of_all_blocks']:.1f}% of all-block LoRA); val {short} {pick[val]:.3f}"
                        f"{ci('val_ci')} vs all blocks {baseline[val]:.3f}{ci('baseline_ci')}, difference "
                        f"{pick[val] - baseline[val]:+.3f}{ci('diff_ci')} ({how}){test}.")
         return out
 
+    def _savings_text(self, pick, baseline, out: dict[str, Any], how: str) -> str:
+        """What a recommendation by cost saves, as the issue's example has it: "blocks 18-29 at r8:
+        0.52x memory, 0.61x step time of all blocks, val acc -0.4 points [-1.1, +0.3]"."""
+        ratios = ", ".join(f"{value:.2f}x {RATIO_LABELS[key]}" for key, value in out["ratios"].items())
+        diff = pick[self.val] - baseline[self.val]
+        points = self.metric in ("acc", "exact_match")  # fractions: shown in percentage points
+        unit = (lambda v: f"{100 * v:+.1f}") if points else (lambda v: f"{v:+.3f}")  # noqa: E731
+        ci = f" [{unit(out['diff_ci'][0])}, {unit(out['diff_ci'][1])}]" if out["diff_ci"] else ""
+        blocks = str(pick["blocks"]).split(" (")[0]
+        return (f"Recommended by {RATIO_LABELS[out['cost']]} (within {out['eps']:g} of all blocks): {pick['selector']}, "
+                f"blocks {blocks} at r{_rank_text(pick['rank'])}: {ratios} of all blocks, val {SHORT[self.metric]} "
+                f"{unit(diff)}{' points' if points else ''}{ci} ({how}).")
+
     def front_table(self) -> str:
-        """The front as a Markdown table (what ``pareto.md`` holds)."""
+        """The front as a Markdown table (what ``pareto.md`` holds), a column for every objective."""
         front = self.pareto_front()
         name = SHORT[self.metric]
-        lines = [f"| selector | blocks | rank | trainable params | % of all-block LoRA | val {name} | test {name} "
-                 "| train time (s) | checkpoint |", "|" + "---|" * 9]
+        extra = [cost for cost in self.costs if cost != "trainable_params"]
+        lines = ["| selector | blocks | rank | trainable params | % of all-block LoRA | "
+                 + "".join(f"{COST_LABELS[c]} | " for c in extra) + f"val {name} | test {name} "
+                 "| train time (s) | checkpoint |", "|" + "---|" * (9 + len(extra))]
         for row in front.to_dict("records"):
             test = "" if _missing(row[self.test]) else f"{row[self.test]:.3f}"
-            lines.append(f"| {row['selector']} | {row['blocks']} | {row['rank']} | {int(row['trainable_params']):,} "
-                         f"| {row['pct_of_all_blocks']:.1f} | {row[self.val]:.3f} | {test} | {row['train_time_s']:.1f} "
-                         f"| {row['checkpoint']} |")
+            costs = "".join(f"{_cost_text(c, row[c])} | " for c in extra)
+            lines.append(f"| {row['selector']} | {row['blocks']} | {_rank_text(row['rank'])} | {int(row['trainable_params']):,} "
+                         f"| {row['pct_of_all_blocks']:.1f} | {costs}{row[self.val]:.3f} | {test} "
+                         f"| {row['train_time_s']:.1f} | {row['checkpoint']} |")
         return "\n".join(lines) + "\n"
 
     def write(self) -> list[Path]:
@@ -261,7 +434,9 @@ class SweepReport:
         trials.to_csv(paths[0], index=False)
         paths[1].write_text(f"# Pareto front: {self.run_dir.name}\n\n{self.recommend()['text']}\n\n"
                             f"{'Maximise' if self.maximise else 'Minimise'} validation {LABELS[self.metric]}, "
-                            f"minimise trainable parameters; {len(trials)} trials"
+                            + ", ".join(f"{'maximise' if self.goals[c] == 'max' else 'minimise'} {RATIO_LABELS[c]}"
+                                        .replace("parameters", "trainable parameters") for c in self.costs)
+                            + f"; {len(trials)} trials"
                             f"{_stopped_note(trials)}.\n\n"
                             + self.front_table())
         self.plot(paths[2])
@@ -288,17 +463,32 @@ def open_sweep(target: str | Path) -> RunDir:
     return RunDir(local, Storage(uri) if uri and uri != str(local) else None)
 
 
-def load(target: str | Path) -> SweepReport:
-    """The report of the sweep at ``target`` (finished or not); trials in the order Tune created them."""
+def load(target: str | Path, objectives: Any = None) -> SweepReport:
+    """The report of the sweep at ``target`` (finished or not); trials in the order Tune created them.
+
+    Args:
+        objectives: re-cut the front on these 2 or 3 recorded columns (``"val_acc,peak_memory"``,
+            or as the space file's ``objectives:``) instead of the sweep's own; nothing is trained.
+
+    Raises:
+        ConfigError: an unknown objective, or one that no finished trial recorded.
+    """
     import pandas as pd
 
     run = open_sweep(target)
     stopped = set(run.storage.read_json(SCHEDULER_STATE)["stopped"]) if run.storage.is_file(SCHEDULER_STATE) else set()
     settings = run.storage.read_json("sweep.json")
     metric = settings.get("metric", "acc")
-    rows = [_trial_row(trial, run.storage, stopped, metric) for trial in tune_trials(run.storage)]
+    own = _objectives(metric, settings.get("objectives"))
+    rows = [_trial_row(trial, run.storage, stopped, metric, own) for trial in tune_trials(run.storage)]
     trials = pd.DataFrame(rows, columns=columns(metric)).sort_values("trial", kind="stable").reset_index(drop=True)
-    return SweepReport(run.local, trials, settings.get("trials"), run.storage, metric)
+    goals = own if objectives is None else _objectives(metric, objectives, "--objectives")
+    done = trials[trials["status"] == "TERMINATED"]
+    for key in goals:
+        if not done.empty and not np.isfinite(done[key].to_numpy(dtype=float)).any():
+            raise ConfigError(f"--objectives: no finished trial of {run.local.name} recorded {key} (a sweep from "
+                              f"before costs were recorded has trainable_params only)")
+    return SweepReport(run.local, trials, settings.get("trials"), run.storage, metric, goals)
 
 
 TRIAL_DIR = re.compile(r".+?_(?P<trial_id>[0-9a-f]{8})_(?P<number>\d+)(?:_|$)")
@@ -366,13 +556,15 @@ def trial_number(experiment_tag: str) -> int:
     return int(str(experiment_tag).split("_")[0])
 
 
-def _trial_row(trial: TuneTrial, storage: Storage, stopped=frozenset(), metric: str = "acc") -> dict:
-    """One trial: its status, config, last result, its curve and final checkpoint. A trial is
-    finished when its last report is its final one with both objectives finite."""
+def _trial_row(trial: TuneTrial, storage: Storage, stopped=frozenset(), metric: str = "acc",
+               goals: dict[str, str] | None = None) -> dict:
+    """One trial: its status, config, last result, its costs, its curve and final checkpoint. A
+    trial is finished when its last report is its final one with the sweep's objectives (``goals``)
+    finite."""
     params = trial.params
     last = trial.results[-1] if trial.results else {}
     test = storage.read_json(f"test/{trial.trial_id}.json") if storage.is_file(f"test/{trial.trial_id}.json") else None
-    finished = (not trial.error and all(_finite(last.get(k)) for k in objectives(metric))
+    finished = (not trial.error and all(_finite(last.get(k)) for k in goals or objectives(metric))
                 and last.get("final") is not False)
     error = trial.error
     if last.get("infeasible"):  # refused by the fit check before it loaded anything
@@ -394,9 +586,24 @@ def _trial_row(trial: TuneTrial, storage: Storage, stopped=frozenset(), metric: 
         "pct_of_all_blocks": last.get("pct_of_all_blocks", math.nan), f"val_{metric}": last.get(f"val_{metric}", math.nan),
         f"test_{metric}": test.get(metric, math.nan) if test else math.nan,
         "train_time_s": last.get("train_time_s", math.nan), "selection_time_s": last.get("selection_time_s", math.nan),
+        **{key: last.get(key, math.nan) for key in RECORDED},
         "checkpoint": trial.checkpoint if finished else "", "params": json.dumps(params, sort_keys=True),
         "error": error, "curve": _curve(trial.results, f"val_{metric}"),
     }
+
+
+def _rank_text(rank) -> str:
+    """A LoRA rank as text: 8, not 8.0 (a column with a missing rank is float)."""
+    return str(int(rank)) if _finite(_plain(rank)) and float(rank).is_integer() else str(rank)
+
+
+def _cost_text(key: str, value) -> str:
+    """A cost as the front table shows it: memory in MiB, time with its unit's precision."""
+    if _missing(value):
+        return ""
+    if key.endswith("memory"):
+        return f"{value / 2**20:,.0f}"
+    return f"{value:.3f}" if key == "step_time" else f"{value:,.0f}"
 
 
 def _stopped_note(trials) -> str:

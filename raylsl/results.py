@@ -27,7 +27,7 @@ def run_results(plan: Plan, outcome: dict[str, Any], wall_time_s: float, run_dir
         "adapted_blocks": outcome["adapted_blocks"], "num_blocks": plan.num_blocks, "lora_r": config.lora.r,
         "params": outcome["params"], "before": outcome["before"], "after": outcome["after"],
         "after_per_example": outcome.get("after_per_example"), "eval_split": config.eval_split,
-        "train": outcome["train"], "selector": config.selector,
+        "train": outcome["train"], "costs": outcome["train"].get("costs"), "selector": config.selector,
         "selection_time_s": plan.selection.seconds if plan.selection else 0.0,
         "selection_cached": plan.selection.cached if plan.selection else None, "dynamic": outcome["dynamic"],
         "workers": config.workers, "deepspeed": config.deepspeed, "device": outcome.get("device"),
@@ -56,6 +56,13 @@ def summary(results: dict[str, Any]) -> str:
     lines.append(f"time: train {t['train_time_s']:.1f} s ({t['steps']} steps, "
                  f"{t['train_time_s'] / max(t['steps'] - t['resumed_from'], 1):.2f} s/step), "
                  f"total {results['wall_time_s']:.1f} s; peak memory {t['peak_memory_mb']:.0f} MB")
+    costs = results.get("costs")
+    if costs:
+        estimated = costs.get("estimated_memory")
+        lines.append(f"costs: peak memory {costs['peak_memory'] / 2**20:.0f} MiB ({costs['peak_memory_source']})"
+                     + (f", estimated {estimated / 2**20:.0f} MiB" if estimated else "")
+                     + f"; step time {costs['step_time']:.3f} s median of {costs['timed_steps']} steps "
+                     f"(spread {costs['step_time_spread']:.0%}); {costs['tokens_per_second']:.0f} tokens/s")
     lines.append(f"run directory: {results['run_dir']}" + (f"  (storage: {results['storage']})"
                                                              if results.get("storage") not in (None, results["run_dir"]) else ""))
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""``raylsl sweep``: a Ray Tune experiment whose searcher is Optuna, two objectives (maximise
-validation accuracy, minimise trainable parameters), then the Pareto report.
+"""``raylsl sweep``: a Ray Tune experiment whose searcher is Optuna, multi-objective (by default
+maximise validation accuracy, minimise trainable parameters; the space file's ``objectives:`` trades
+the metric against 1 or 2 measured costs instead), then the Pareto report.
 
 A sweep lives in its storage directory (``STORAGE/NAME`` with ``storage=``, else the local sweep
 directory ``OUTPUT_DIR/NAME``), which holds everything needed to inspect or resume it from any
@@ -37,7 +38,7 @@ from raylsl.data import GenExample, example_from_record, example_record, read_ex
 from raylsl.errors import ConfigError
 from raylsl.lease import Lease
 from raylsl.plan import build_plan, load_run_config, score_key
-from raylsl.report import SweepReport, load, open_sweep
+from raylsl.report import SweepReport, load, objectives, open_sweep
 from raylsl.selectors import LayerScores, build_selector
 from raylsl.storage import RunDir, Storage
 from raylsl.tracking import MLFLOW_DIR, sweep_callbacks
@@ -75,6 +76,8 @@ def sweep(space_path: str | Path, overrides: dict[str, Any] | None = None, trial
     run = _new_sweep_dir(Path(output_dir) / name, base.storage, name)
     examples = read_examples(base.task, base.data)
     settings["metric"] = _metric(space, base, examples)
+    if space.objectives is not None:  # checked again now that the task's metric is known
+        settings["objectives"] = objectives(settings["metric"], space.objectives, f"{space.path}: objectives")
     # Trials report through Tune, whose own loggers record them (TensorBoard always, MLflow with
     # tracking=mlflow: `raylsl.tracking.sweep_callbacks`); a trial's run tracking would write into a
     # directory nobody keeps.

@@ -1,7 +1,9 @@
 """Pareto-aware successive halving: stop trials that are plainly dominated early.
 
-Ray Tune's ASHA and HyperBand rank trials by one metric; a sweep has two (the task's validation
-metric: accuracy or exact match up, or loss down; trainable parameters down). `ParetoHalving`
+Ray Tune's ASHA and HyperBand rank trials by one metric; a sweep has two or three (the task's
+validation metric: accuracy or exact match up, or loss down; trainable parameters down by default,
+or the space file's ``objectives:``, such as peak memory and step time, whose values at a rung are
+those of the steps so far: `raylsl.training.costs`). `ParetoHalving`
 keeps ASHA's asynchronous rungs, at fractions ``eta**-rungs, ..., eta**-1`` of a trial's steps,
 and ranks the trials that reached a rung by non-dominated sorting (NSGA-II's fronts, ties broken
 by crowding distance, boundary points first).
@@ -37,8 +39,8 @@ def rung_fractions(eta: int, rungs: int) -> tuple[float, ...]:
 
 
 def front_ranks(points: np.ndarray, directions: Sequence[str] = ("max", "min")) -> np.ndarray:
-    """Non-dominated sorting of ``(n, 2)`` (validation metric, parameters) points: 0 for the front,
-    1 for the front of the rest, and so on."""
+    """Non-dominated sorting of ``(n, k)`` points (the validation metric, then the costs): 0 for
+    the front, 1 for the front of the rest, and so on."""
     points = np.asarray(points, dtype=float)
     ranks = np.full(len(points), -1)
     left = np.arange(len(points))
@@ -72,15 +74,16 @@ def crowding(points: np.ndarray) -> np.ndarray:
 
 
 def rung_points(records: Sequence[tuple], directions: Sequence[str] = ("max", "min")) -> np.ndarray:
-    """The ``(n, 2)`` (validation metric, parameters) points of a rung's records ``(metric,
-    parameters[, validation loss])``, where trials that tie in the metric are ordered by their loss.
+    """The ``(n, k)`` points of a rung's records ``(metric, cost, ...[, validation loss])``, k the
+    number of ``directions``, where trials that tie in the metric are ordered by their loss.
 
     Each tied group is spread by a quarter of the smallest gap between distinct metric values at
     most, lowest loss best, so no dominance between different metric values changes; equal losses
     stay equal (copies dominate neither), and a group where any trial has no loss stays tied."""
+    k = len(directions)
     values = np.array([r[0] for r in records], dtype=float)
-    points = np.column_stack([values, np.array([r[1] for r in records], dtype=float)])
-    losses = np.array([r[2] if len(r) > 2 and r[2] is not None else np.nan for r in records], dtype=float)
+    points = np.column_stack([values, *(np.array([r[j] for r in records], dtype=float) for j in range(1, k))])
+    losses = np.array([r[k] if len(r) > k and r[k] is not None else np.nan for r in records], dtype=float)
     distinct = np.unique(values[np.isfinite(values)])
     gap = np.diff(distinct).min() if len(distinct) > 1 else 1.0
     better = 1.0 if directions[0] == "max" else -1.0
@@ -112,17 +115,19 @@ def survivors(records: dict[str, tuple], eta: int, directions: Sequence[str] = (
 
 
 class ParetoHalving(FIFOScheduler):
-    """Tune scheduler: successive halving on the (validation metric, trainable parameters) front."""
+    """Tune scheduler: successive halving on the front of the sweep's objectives (the validation
+    metric and trainable parameters, or ``goals``)."""
 
     def __init__(self, eta: int = 3, rungs: int = 2, baseline: dict[str, Any] | None = None,
-                 state_to: str | None = None, metric: str = "acc"):
+                 state_to: str | None = None, metric: str = "acc", goals: dict[str, str] | None = None):
         super().__init__()
         if eta < 2 or rungs < 1:
             raise ValueError(f"eta must be >= 2 and rungs >= 1, got eta={eta}, rungs={rungs}")
         self.eta, self.fractions = eta, rung_fractions(eta, rungs)
-        goals = objectives(metric)
-        self.key, self.directions = next(iter(goals)), tuple(goals.values())
-        """The validation metric's result key (``val_acc``...) and the two objectives' directions."""
+        self.goals = objectives(metric, goals)
+        """Result key -> direction of each objective, the validation metric first."""
+        self.key, self.directions = next(iter(self.goals)), tuple(self.goals.values())
+        """The validation metric's result key (``val_acc``...) and the objectives' directions."""
         self.baseline = baseline
         """The all-block trial's sampled values (never stopped)."""
         self.state_to = state_to
@@ -130,8 +135,8 @@ class ParetoHalving(FIFOScheduler):
         self.tiebreak = None if self.key == "val_loss" else "val_loss"
         """The result key that orders trials tied in the validation metric (`rung_points`)."""
         self.records: dict[str, dict[str, tuple]] | None = None
-        """Rung (as ``f"{fraction:.6g}"``) -> trial id -> (validation metric, trainable parameters,
-        validation loss or None)."""
+        """Rung (as ``f"{fraction:.6g}"``) -> trial id -> (each objective's value in `goals` order,
+        then the validation loss or None)."""
         self.stopped: dict[str, str] = {}
         """Trial id -> the rung it was stopped at."""
 
@@ -165,25 +170,27 @@ class ParetoHalving(FIFOScheduler):
         self._load()
         if trial_id in self.stopped:  # stopped before the driver died, rerun by the resumed sweep
             return TrialScheduler.STOP
-        value, params, fraction = (result.get(k) for k in (self.key, "trainable_params", "fraction"))
-        if result.get("final") is not False or value is None or params is None or fraction is None:
+        values, fraction = [result.get(k) for k in self.goals], result.get("fraction")
+        if result.get("final") is not False or any(v is None for v in values) or fraction is None:
             return TrialScheduler.CONTINUE
+        value = values[0]
         decision = TrialScheduler.CONTINUE
         for f in self.fractions:
             rung = self.records[f"{f:.6g}"]
             if fraction + 1e-9 < f or trial_id in rung:
                 continue
             loss = result.get(self.tiebreak) if self.tiebreak else None
-            rung[trial_id] = (float(value), float(params), None if loss is None else float(loss))
+            rung[trial_id] = (*map(float, values), None if loss is None else float(loss))
             if trial_id not in survivors(rung, self.eta, self.directions) and not self.is_baseline(config):
                 self.stopped[trial_id] = f"{f:.6g}"
                 decision = TrialScheduler.STOP
                 ties = sum(other[0] == float(value) for other in rung.values()) - 1
                 tie = f" (tied with {ties} in {self.key}, ordered by {self.tiebreak} {loss:.3f})" \
                     if ties and loss is not None else ""
+                costs = " and ".join(f"{v:,.0f} trainable parameters" if k == "trainable_params" else f"{k} {v:.4g}"
+                                     for k, v in zip(list(self.goals)[1:], values[1:]))
                 print(f"raylsl: trial {trial_id} stopped early at {f:.3g} of its steps: {self.key} {value:.3f} with "
-                      f"{int(params):,} trainable parameters{tie} is dominated by the {len(rung) - 1} others there",
-                      flush=True)
+                      f"{costs}{tie} is dominated by the {len(rung) - 1} others there", flush=True)
                 break
         self._save()
         return decision
@@ -204,7 +211,7 @@ def _halving(settings: dict[str, Any]) -> bool:
 def sweep_scheduler(settings: dict[str, Any], export_to: str):
     """The scheduler a sweep's settings ask for (None: every trial runs to its end)."""
     return ParetoHalving(settings["eta"], settings["rungs"], settings.get("baseline"), export_to,
-                         settings.get("metric", "acc")) \
+                         settings.get("metric", "acc"), settings.get("objectives")) \
         if _halving(settings) else None
 
 

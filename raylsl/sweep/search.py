@@ -239,7 +239,7 @@ def searcher(space, settings: dict[str, Any], points: list[dict], export_to: str
     from raylsl.report import objectives
 
     os.environ.setdefault("OPTUNA_DISABLE_EXPERIMENTAL_WARNINGS", "1")
-    goals = objectives(settings.get("metric", "acc"))
+    goals = objectives(settings.get("metric", "acc"), settings.get("objectives"))
     return ParetoOptunaSearch(space=space, metric=list(goals), mode=list(goals.values()),
                               points_to_evaluate=points,
                               sampler=make_sampler(settings["sampler"], settings["seed"], settings.get("n_startup_trials"),

@@ -44,7 +44,8 @@ import yaml
 from raylsl.errors import ConfigError
 
 SETTINGS = ("base", "set", "trials", "concurrency", "workers_per_trial", "cpus_per_trial", "gpus_per_trial", "sampler",
-            "n_startup_trials", "population_size", "scheduler", "metric", "eta", "rungs", "seed", "optuna_storage", "points", "parameters")
+            "n_startup_trials", "population_size", "scheduler", "metric", "objectives", "eta", "rungs", "seed", "optuna_storage",
+            "points", "parameters")
 METRIC_CHOICES = ("auto", "acc", "exact_match", "loss")
 PARAMETER_FIELDS = ("choices", "low", "high", "log", "step", "when")
 SAMPLERS = ("tpe", "random", "nsga2")
@@ -95,6 +96,9 @@ class SearchSpace:
     population_size: int | None = None
     scheduler: str = "none"
     metric: str = "auto"
+    objectives: dict[str, str] | None = None
+    """2 or 3 objectives and their directions, the validation metric first (`raylsl.report.objectives`);
+    None: the validation metric and trainable parameters."""
     eta: int = 3
     rungs: int = 2
     seed: int = 0
@@ -201,6 +205,7 @@ def load_space(path: str | Path) -> SearchSpace:
                                                                                   raw["population_size"], 2),
         scheduler=scheduler_name(where, raw.get("scheduler", "none")),
         metric=_choice(where, "metric", raw.get("metric", "auto"), METRIC_CHOICES),
+        objectives=_objectives(where, raw.get("objectives"), raw.get("metric", "auto")),
         eta=_at_least(where, "eta", raw.get("eta", 3), 2), rungs=_positive(where, "rungs", raw.get("rungs", 2)),
         seed=int(raw.get("seed", 0)), optuna_storage=raw.get("optuna_storage"), points=tuple(raw.get("points") or ()),
     )
@@ -281,6 +286,19 @@ def _check_conditions(where: str, parameters: tuple[Parameter, ...]) -> None:
                     raise ConfigError(f"{where}: parameters.{param.name}: when: {parent}={missing[0]!r} is not "
                                       f"among {parent}'s choices {list(parent_param.choices)}")
         seen[param.name] = param
+
+
+def _objectives(where: str, raw: Any, metric: str) -> dict[str, str] | None:
+    """The ``objectives:`` list, checked as far as the file tells: with ``metric: auto`` the
+    validation metric is the one the list names (the sweep checks it against the task's)."""
+    from raylsl.report import METRICS, objectives
+
+    if raw is None:
+        return None
+    if metric == "auto":
+        named = [k for item in (raw if isinstance(raw, list) else [raw]) if isinstance(item, dict) for k in item]
+        metric = next((k[4:] for k in named if k.startswith("val_") and k[4:] in METRICS), "acc")
+    return objectives(metric, raw, f"{where}: objectives")
 
 
 def _positive(where: str, key: str, value: Any) -> int:

@@ -142,8 +142,9 @@ def _unrecorded_results(trial_dir: Storage, out: Path) -> dict[str, Any] | None:
 
 
 def trial_metrics(results: dict[str, Any], metric: str = "acc") -> dict[str, Any]:
-    """What a trial reports to Tune: the two objectives (always finite), every validation metric
-    the task has (``val_*``), and what the report shows."""
+    """What a trial reports to Tune: every validation metric the task has (``val_*``), trainable
+    parameters, the run's finite costs (`raylsl.training.costs`: ``peak_memory``, ``step_time``,
+    ``step_time_spread``, ``tokens_per_second``, ``estimated_memory``), and what the report shows."""
     loss, value = results["train"]["final_loss"], results["after"].get(metric, math.nan)
     if not (math.isfinite(loss) and math.isfinite(value)):
         raise RaylslError(f"the run diverged or has no {metric}: final training loss {loss}, validation {metric} {value}")
@@ -155,9 +156,11 @@ def trial_metrics(results: dict[str, Any], metric: str = "acc") -> dict[str, Any
         blocks = f"{results['selector']}: {per_step * results['num_blocks']:.0f} of {results['num_blocks']} per step"
     else:
         blocks = f"{format_layers(adapted)} ({len(adapted)})"
+    costs = {k: v for k, v in (results.get("costs") or {}).items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     return {
         **{f"val_{k}": float(v) for k, v in results["after"].items() if k != "n" and isinstance(v, (int, float))},
-        "trainable_params": int(params["trainable"]),
+        **costs, "trainable_params": int(params["trainable"]),
         "pct_of_all_blocks": 100.0 * params["trainable"] / all_blocks, "blocks": blocks, "rank": results["lora_r"],
         "train_time_s": results["train"]["train_time_s"], "selection_time_s": results["selection_time_s"],
         "final_loss": loss, "step": results["train"]["steps"], "fraction": 1.0, "final": True,

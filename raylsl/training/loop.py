@@ -26,6 +26,7 @@ from raylsl.config import TrainSettings
 from raylsl.data import micro_batches
 from raylsl.objective import Objective, to_device
 from raylsl.training.checkpoint import LocalCheckpoints
+from raylsl.training.costs import StepCosts, batch_tokens
 from raylsl.training.engine import TorchEngine
 
 
@@ -50,7 +51,9 @@ def train_loop(model: nn.Module, objective: Objective, examples: list, settings:
         extra: values saved in every checkpoint (what the run computed once, for its resume).
 
     Returns:
-        ``{"steps", "resumed_from", "final_loss", "train_time_s", "peak_memory_mb"}``.
+        ``{"steps", "resumed_from", "final_loss", "train_time_s", "peak_memory_mb", "costs"}``;
+        ``costs``: `raylsl.training.costs.StepCosts.summary` (peak memory the maximum over ranks).
+        Callbacks see the running costs as ``state.costs``.
     """
     device = next(model.parameters()).device
     engine = engine or TorchEngine(model, settings)
@@ -63,17 +66,20 @@ def train_loop(model: nn.Module, objective: Objective, examples: list, settings:
     for cb in callbacks:
         cb.on_train_start(state)
     reset_peak_memory(device)
+    state.costs = costs = StepCosts(engine.module, getattr(engine, "optimizer", None), device)
     bar = tqdm(total=settings.steps, initial=resumed, desc="train", disable=not progress or rank != 0 or None)
     loss_value, started = float("nan"), time.perf_counter()
     while state.step < settings.steps:
+        costs.start_step()
         t0 = time.perf_counter()
         state.extra_metrics = {}
         for cb in callbacks:
             cb.on_step_start(state)
         chunks = micro_batches(len(examples), state.step, settings, rank, world)
-        loss_value = 0.0
+        loss_value, tokens = 0.0, 0
         for m, chunk in enumerate(chunks):
             batch = to_device(objective.batch([examples[i] for i in chunk]), device)
+            tokens += batch_tokens(batch)
             # Under data parallelism each rank divides by (global targets / world): the gradient
             # average over ranks is then exactly the global batch's mean, as with one worker.
             normalizer = _mean_over_ranks(objective.target_count(batch), device) if world > 1 else None
@@ -87,8 +93,10 @@ def train_loop(model: nn.Module, objective: Objective, examples: list, settings:
             cb.on_before_optimizer_step(state)
         engine.step()
         state.step += 1
-        metrics = {"step": state.step, "loss": loss_value, "lr": engine.lr(),
-                   "step_time_s": time.perf_counter() - t0, **state.extra_metrics}
+        seconds = time.perf_counter() - t0
+        costs.end_step(seconds, tokens)
+        metrics = {"step": state.step, "loss": loss_value, "lr": engine.lr(), "step_time_s": seconds,
+                   **state.extra_metrics}
         for cb in callbacks:  # a callback may add values (an evaluation's) before the line is written
             cb.on_step_end(state, metrics)
         if log:
@@ -101,14 +109,21 @@ def train_loop(model: nn.Module, objective: Objective, examples: list, settings:
     bar.close()
     for cb in callbacks:
         cb.on_train_end(state)
+    summary = costs.summary(world)
+    if world > 1:  # the run needs what its largest rank needs
+        summary["peak_memory"] = int(_mean_over_ranks(summary["peak_memory"], device, "max"))
     return {"steps": state.step, "resumed_from": resumed, "final_loss": loss_value,
-            "train_time_s": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(device)}
+            "train_time_s": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(device), "costs": summary}
 
 
-def _mean_over_ranks(value: float, device: torch.device) -> float:
+def _mean_over_ranks(value: float, device: torch.device, op: str = "mean") -> float:
+    """The mean (or, with ``op="max"``, the maximum) of ``value`` over the ranks."""
     import torch.distributed as dist
 
     total = torch.tensor([value], dtype=torch.float64, device=device)
+    if op == "max":
+        dist.all_reduce(total, op=dist.ReduceOp.MAX)
+        return float(total)
     dist.all_reduce(total)
     return float(total) / dist.get_world_size()
 

@@ -14,6 +14,7 @@ import torch
 
 from raylsl.assemble import Assembled
 from raylsl.callbacks import Callback, LoopState
+from raylsl.fit import estimated_memory
 from raylsl.lora import adapted_blocks, count_trainable
 from raylsl.objective import evaluate
 from raylsl.training.loop import autocast_for, train_loop
@@ -35,7 +36,8 @@ class PeriodicEval(Callback):
     parameters, as ``final: False`` (what a sweep's scheduler and Tune's results read). Every rank
     evaluates its shard."""
 
-    def __init__(self, a: Assembled, checkpoints, extra_steps=(), rank: int = 0, world: int = 1):
+    def __init__(self, a: Assembled, checkpoints, extra_steps=(), rank: int = 0, world: int = 1,
+                 estimated: int | None = None):
         settings = a.plan.config.train
         examples = a.plan.task.validation
         self.a, self.checkpoints, self.rank, self.world = a, checkpoints, rank, world
@@ -44,6 +46,7 @@ class PeriodicEval(Callback):
         self.steps = {s for s in range(every, settings.steps, every)} if every else set()
         self.steps |= {s for s in extra_steps if 0 < s < settings.steps}
         self.trainable = count_trainable(a.model)["trainable"]
+        self.estimated = estimated
 
     def on_step_end(self, state: LoopState, metrics: dict[str, Any]) -> None:
         if state.step not in self.steps or not self.examples:
@@ -51,7 +54,9 @@ class PeriodicEval(Callback):
         values = evaluate_assembled(self.a, self.examples, "eval", rank=self.rank, world=self.world)
         values = {f"val_{k}": v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         metrics.update(values)
-        self.checkpoints.report({**values, "step": state.step, "fraction": state.step / state.settings.steps,
+        # the costs of the steps so far: what a scheduler ranks trials by at a rung
+        costs = cost_metrics(state.costs.summary(self.world), self.estimated) if state.costs else {}
+        self.checkpoints.report({**values, **costs, "step": state.step, "fraction": state.step / state.settings.steps,
                                  "trainable_params": self.trainable, "num_blocks": self.a.plan.num_blocks,
                                  "final": False})
 
@@ -74,7 +79,10 @@ def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0,
     if before is None and config.eval_before:
         before = evaluate_assembled(a, task.test, "eval before", progress, rank, world)
     tracker = _tracker(a, out_dir, before) if config.tracking != "none" and rank == 0 else None
-    periodic = PeriodicEval(a, checkpoints, eval_steps, rank, world) if config.train.eval_every or eval_steps else None
+    estimated = estimated_memory(config, a.device.type, list(a.plan.layers), world, bool(a.checkpointed),
+                                 a.plan.task.generative)
+    periodic = PeriodicEval(a, checkpoints, eval_steps, rank, world, estimated) \
+        if config.train.eval_every or eval_steps else None
     # dynamic first (its checkpointed state), the evaluation before the tracker (which logs it);
     # the tracker opens its store in on_train_start, after the checkpoint restored its records
     callbacks = tuple(cb for cb in (a.dynamic, periodic, tracker) if cb is not None)
@@ -89,11 +97,18 @@ def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0,
         tracker.log_metrics("final", {"final_loss": loop["final_loss"], "train_time_s": loop["train_time_s"],
                                       "peak_memory_mb": loop["peak_memory_mb"]}, loop["steps"])
         tracker.close()
+    loop["costs"]["estimated_memory"] = estimated
     return {"before": before, "after": after, "after_per_example": per_example, "train": loop, "params": count_trainable(a.model),
             "adapted_blocks": adapted_blocks(a.model, a.plan.blocks_path),
             "dynamic": a.dynamic.summary() if a.dynamic else None, "workers": world,
             "checkpointed_blocks": a.checkpointed,
             "device": torch.cuda.get_device_name(a.device) if a.device.type == "cuda" else a.device.type}
+
+
+def cost_metrics(costs: dict[str, Any], estimated: int | None) -> dict[str, Any]:
+    """A run's costs as it reports them (`raylsl.training.costs`), the estimate beside them when known."""
+    out = {k: v for k, v in costs.items() if k != "peak_memory_source"}
+    return {**out, "estimated_memory": estimated} if estimated is not None else out
 
 
 def _tracker(a: Assembled, out_dir: Path, before: dict[str, Any] | None):
