@@ -28,6 +28,17 @@ def write_task(path: Path, n: int = 160, seed: int = 0) -> Path:
     return path
 
 
+def tiny_sweep(root: Path, space: str, name: str):
+    """A sweep of tiny-llama (r=4) on the colour task in ``root``: ``space`` is the space file's
+    text with ``{base}`` where the base config's path goes. Returns the sweep's report."""
+    from raylsl.sweep.run import sweep
+
+    task = write_task(root / "colours.jsonl")
+    (root / "base.yaml").write_text(f"model: tiny-llama\ntask: {task}\nlora: {{r: 4}}\n")
+    (root / "space.yaml").write_text(space.format(base=root / "base.yaml"))
+    return sweep(root / "space.yaml", output_dir=root, name=name, progress=False)
+
+
 @pytest.fixture
 def task_file(tmp_path: Path) -> Path:
     return write_task(tmp_path / "colours.jsonl")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tests.conftest import write_task
+from tests.conftest import tiny_sweep
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("ray.tune")
@@ -31,13 +31,7 @@ GOALS = ["val_acc", "peak_memory", "step_time"]
 
 @pytest.fixture(scope="module")
 def costed(tmp_path_factory, ray_session):
-    from raylsl.sweep.run import sweep
-
-    root = tmp_path_factory.mktemp("costs")
-    task = write_task(root / "colours.jsonl")
-    (root / "base.yaml").write_text(f"model: tiny-llama\ntask: {task}\nlora: {{r: 4}}\n")
-    (root / "space.yaml").write_text(SPACE.format(base=root / "base.yaml"))
-    return sweep(root / "space.yaml", output_dir=root, name="c", progress=False)
+    return tiny_sweep(tmp_path_factory.mktemp("costs"), SPACE, "c")
 
 
 def test_costs_are_recorded_for_every_trial_and_reach_tune(costed):

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from tests.conftest import write_task
+from tests.conftest import tiny_sweep
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("ray.tune")
@@ -38,13 +38,7 @@ parameters:
 
 @pytest.fixture(scope="module")
 def halved(tmp_path_factory, ray_session):
-    from raylsl.sweep.run import sweep
-
-    root = tmp_path_factory.mktemp("halving")
-    task = write_task(root / "colours.jsonl")
-    (root / "base.yaml").write_text(f"model: tiny-llama\ntask: {task}\nlora: {{r: 4}}\n")
-    (root / "space.yaml").write_text(SPACE.format(base=root / "base.yaml"))
-    return sweep(root / "space.yaml", output_dir=root, name="h", progress=False)
+    return tiny_sweep(tmp_path_factory.mktemp("halving"), SPACE, "h")
 
 
 def _row(report, selector, n, rank):
