@@ -1,10 +1,10 @@
-"""The measured tables of ``docs/results.md``, rendered from the JSON the benchmark scripts write.
+"""The measured tables of ``docs/``, rendered from the JSON the benchmark scripts write.
 
 Each entry of `TABLES` names its JSON file(s) and a function from the loaded JSON to Markdown
 lines: the first says what the figures were measured on and at what budget, the rest are the table.
 ``python docs/generate.py`` puts each rendering between the ``<!-- table: NAME -->`` and
-``<!-- end table -->`` markers of ``docs/results.md``, so a rerun benchmark updates its table and
-the prose around it stays as written. A JSON file that is absent, or that lacks a section a table
+``<!-- end table -->`` markers of any page under ``docs/``, so a rerun benchmark updates its table
+and the prose around it stays as written. A JSON file that is absent, or that lacks a section a table
 reads, gives a one-line note instead of the table (`render`).
 """
 
@@ -226,7 +226,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "memory_load": (("memory_levers.json",), memory_load),
     "memory_estimate": (("memory_levers.json",), memory_estimate),
 }
-"""Table name (as the marker in docs/results.md spells it) -> its JSON files and renderer."""
+"""Table name (as the marker in a docs/ page spells it) -> its JSON files and renderer."""
 
 
 def render(name: str, directory: Path = HERE) -> list[str]:
