@@ -1,19 +1,22 @@
-"""The measured tables of ``docs/results.md``, rendered from the JSON the benchmark scripts write.
+"""The measured tables of ``docs/``, rendered from the JSON the benchmark scripts write.
 
 Each entry of `TABLES` names its JSON file(s) and a function from the loaded JSON to Markdown
 lines: the first says what the figures were measured on and at what budget, the rest are the table.
 ``python docs/generate.py`` puts each rendering between the ``<!-- table: NAME -->`` and
-``<!-- end table -->`` markers of ``docs/results.md``, so a rerun benchmark updates its table and
-the prose around it stays as written. A JSON file that is absent, or that lacks a section a table
+``<!-- end table -->`` markers of any page under ``docs/``, so a rerun benchmark updates its table
+and the prose around it stays as written. A JSON file that is absent, or that lacks a section a table
 reads, gives a one-line note instead of the table (`render`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from pathlib import Path
 from typing import Any, Callable
+
+from raylsl.report import objectives, pareto_mask
 
 HERE = Path(__file__).resolve().parent
 CPU = "this project's CPU machine (2 cores, no GPU)"
@@ -123,14 +126,14 @@ GPU_CONFIGS = {"single": "single process, bf16 base", "ray-ist": "Ray Train, 1 G
                "zero2": "Ray Train, 1 GPU worker, ZeRO-2", "zero3": "Ray Train, 1 GPU worker, ZeRO-3"}
 
 
-def gpu_check(d: dict) -> list[str]:
+def gpu_check(d: dict, file: str = "gpu_check.json") -> list[str]:
     single = next(r["median_step_s"] for r in d["rows"] if r["config"] == "single")
     rows = [[GPU_CONFIGS.get(r["config"], r["config"]), f"{r['median_step_s']:.3f}",
              f"{r['median_step_s'] / single:.2f}", f"{r['peak_gpu_memory_mb']:,.0f}", GPU_NOTES.get(r["config"], "")]
             for r in d["rows"]]
     budget = (f"torch {d['torch']}, {d['weights']}; {d['steps']} steps x batch {d['batch']}, median step after "
               f"{d['warmup']}")
-    return [_on(d, budget, "gpu_check.json"), ""] + _table(
+    return [_on(d, budget, file), ""] + _table(
         ["configuration", "s/step", "vs single", "peak GPU memory (MB)", "notes"], "lrrrl", rows)
 
 
@@ -211,10 +214,121 @@ def memory_estimate(d: dict) -> list[str]:
         ["blocks", "checkpointing", "loss chunk", "estimated step (MB)", "measured step (MB)", "error"], "lllrrr", rows)
 
 
+def _front(trials: list[dict]) -> list[dict]:
+    """The finished trials on the front of the default objectives (`raylsl.report.objectives`),
+    fewest parameters first, as a sweep's report orders them."""
+    done = [t for t in trials if t["status"] == "TERMINATED"]
+    goals = objectives()
+    mask = pareto_mask([[t[k] for k in goals] for t in done], list(goals.values()))
+    return sorted((t for t, keep in zip(done, mask) if keep), key=lambda t: (t["trainable_params"], -t["val_acc"]))
+
+
+def sweep_front(d: dict) -> list[str]:
+    tpe = d["tpe"]
+    rows = [[t["selector"], t["blocks"], t["rank"], f"{t['trainable_params']:,}", f"{t['pct_of_all_blocks']:.1f}",
+             f"{t['val_acc']:.3f}", f"{t['test_acc']:.3f}", f"{t['train_time_s']:.1f}",
+             t["checkpoint"][t["checkpoint"].index(tpe["run_dir"]):]] for t in _front(tpe["trials_table"])]
+    return [_on(d, f"TPE, {tpe['trials']} trials of 40 steps x batch 8", "sweep_pareto.json"), ""] + _table(
+        ["selector", "blocks", "rank", "trainable params", "% of all-block LoRA", "val acc", "test acc",
+         "train time (s)", "checkpoint"], "lllllllll", rows)
+
+
+def sweep_hypervolume(d: dict) -> list[str]:
+    ks = range(4, d["tpe"]["trials"] + 1, 4)
+    rows = [[label] + [f"{d[name]['hypervolume_after_k'][k - 1]:.3f}" for k in ks]
+            for name, label in (("tpe", "Optuna TPE"), ("random", "random"))]
+    return [_on(d, f"{d['tpe']['trials']} trials per sampler, hypervolume of the front after K", "sweep_pareto.json"),
+            ""] + _table(["K", *map(str, ks)], "l" + "r" * len(ks), rows)
+
+
+def sweep_halving(d: dict) -> list[str]:
+    first = next(iter(d.values()))
+    rows = []
+    for name in ("none", "pareto_halving"):
+        r = d[name]
+        ratio = "" if r is first else f" ({r['wall_time_s'] / first['wall_time_s']:.2f}x)"
+        rows.append([name, f"{r['finished']} / {r['stopped_early']}", f"{r['wall_time_s'] / 60:.1f} min{ratio}",
+                     f"{r['hypervolume_end']:.3f}", f"{r['hypervolume_at_equal_budget']:.3f}"])
+    budget = f"{first['trials']} trials per scheduler, 40 steps x batch 8 each"
+    return [_on(d, budget, "sweep_halving.json"), ""] + _table(
+        ["scheduler", "trials finished / stopped", "Tune wall time", "hypervolume at the end",
+         f"at {d['equal_budget_s'] / 60:.1f} min"], "lllll", rows)
+
+
+RESUMED = {"random"}
+"""The 40-trial sweeps that were interrupted and resumed: Tune's wall time counts the gap (the
+footnote under the table says so)."""
+SAMPLERS = {"nsga2": "NSGA-II", "tpe": "TPE", "random": "random"}
+
+
+def _after_k(r: dict) -> list[str]:
+    return [f"{v:.3f}" for v in r["hypervolume_after_k"].values()]
+
+
+def sweep_samplers(d: dict) -> list[str]:
+    rows = [[label, f"{d[name]['finished']} / {d[name]['stopped_early']} / {d[name]['failed']}",
+             f"{d[name]['wall_time_s'] / 60:.1f} min" + ("*" if name in RESUMED else ""),
+             f"{d[name]['train_time_s'] / 60:.1f} min", *_after_k(d[name])] for name, label in SAMPLERS.items()]
+    ks = list(d["nsga2"]["hypervolume_after_k"])
+    return [_on(d, f"{d['trials_requested']} trials per sampler under pareto_halving", "sweep_samplers.json"),
+            ""] + _table(["sampler", "trials finished / stopped / failed", "Tune wall time", "training time, all trials",
+                          f"HV after {ks[0]}", *(f"after {k}" for k in ks[1:])], "llllllll", rows)
+
+
+def sweep_tiebreak(before: dict, after: dict) -> list[str]:
+    rows = []
+    for label, r in (("before (ties decided by parameters)", before["random"]),
+                     ("ties ordered by validation loss", after["random"])):
+        resumed = r is before["random"] and "random" in RESUMED
+        wall = "(interrupted)" if resumed else f"{r['wall_time_s'] / 60:.1f} min"
+        rows.append([label, f"{r['finished']} / {r['stopped_early']}", wall, *_after_k(r)])
+    ks = list(after["random"]["hypervolume_after_k"])
+    return [_on(after, f"random search, {after['trials_requested']} trials each, same seed",
+                "sweep_samplers.json, sweep_samplers_tiebreak.json"), ""] + _table(
+        [f"random search, {after['trials_requested']} trials", "finished / stopped", "Tune wall time",
+         f"HV after {ks[0]}", *(f"after {k}" for k in ks[1:])], "lllllll", rows)
+
+
+def sweep_cost_front(d: dict) -> list[str]:
+    trials = sorted((t for t in d["trials"] if t["status"] == "TERMINATED"), key=lambda t: -t["trainable_params"])
+    rows = [[t["selector"], t["blocks"].split(" (")[0], f"{t['trainable_params']:,.0f}",
+             f"{t['val_acc']:.3f} [{t['val_ci_low']:.3f}, {t['val_ci_high']:.3f}]", f"{t['peak_memory'] / 2**20:.0f}",
+             f"{t['estimated_memory'] / 2**20:.0f}", f"{t['step_time']:.2f}", f"{t['step_time_spread']:.0%}"]
+            for t in trials]
+    b = d["budget"]
+    budget = f"{len(trials)} of {b['trials']} trials, {b['train.steps']} steps x batch {b['train.batch_size']}"
+    return [_on(d, budget, "sweep_cost_front.json"), ""] + _table(
+        ["trial", "blocks", "params", "val acc [95% CI]", "peak memory (MiB)", "estimate (MiB)", "step time (s)",
+         "step IQR / median"], "llllllll", rows)
+
+
+def selection_streaming(d: dict) -> list[str]:
+    s = d["smollm2_135m"]
+    rows = [[name, f"{r['whole']['seconds']:.1f}", f"{r['whole']['peak_bytes'] / 1e6:.0f} MB",
+             f"{r['streamed']['seconds']:.1f}", f"{r['streamed']['peak_bytes'] / 1e6:.0f} MB", f"{r['peak_ratio']:.2f}",
+             f"{r['max_score_difference']:.1f}"] for name, r in s.items() if isinstance(r, dict)]
+    return [_on(d, f"SmolLM2-135M, {s['calibration_examples']} calibration examples, each in a fresh process",
+                "selection_streaming.json"), ""] + _table(
+        [f"SmolLM2-135M, {s['calibration_examples']} examples", "whole: seconds", "whole: peak", "streamed: seconds",
+         "streamed: peak", "peak ratio", "largest score difference"], "lllllll", rows)
+
+
+def vision_colours(d: dict) -> list[str]:
+    rows = [[name, _blocks(r["layers"]), f"{r['trainable']:,}", f"{r['acc_before']:.3f}",
+             f"{r['acc']:.3f} ± {r['acc_stderr']:.3f}", f"{r['acc_ratio']:.2f}", f"{r['step_time_s']:.3f}",
+             f"{r['step_time_ratio']:.2f}"] for name, r in d["arms"].items()]
+    return [_on(d, f"{d['steps']} steps x batch {d['batch_size']}, test n={next(iter(d['arms'].values()))['n']}; "
+                   f"{d['note']}", "vision_colours.json"), ""] + _table(
+        ["blocks", "chosen", "trainable", "test acc before", "after ± s.e.", "vs all", "s/step", "vs all"],
+        "llrrrrrr", rows)
+
+
 TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "peer_step_time": (("peer_step_time.json", "peer_step_time_h100.json"), peer_step_time),
     "eval_speed": (("eval_speed.json",), eval_speed),
     "gpu_check": (("gpu_check.json",), gpu_check),
+    "gpu_check_h200_single": (("gpu_check_h200_single.json",),
+                              functools.partial(gpu_check, file="gpu_check_h200_single.json")),
     "selective_cost": (("selective_cost.json",), selective_cost),
     "demo_sarcasm": (("demo_sarcasm.json",), demo_sarcasm),
     "selection_cost": (("selection_cost.json",), selection_cost),
@@ -225,8 +339,16 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "generative_math": (("generative_math.json",), generative_math),
     "memory_load": (("memory_levers.json",), memory_load),
     "memory_estimate": (("memory_levers.json",), memory_estimate),
+    "sweep_front": (("sweep_pareto.json",), sweep_front),
+    "sweep_hypervolume": (("sweep_pareto.json",), sweep_hypervolume),
+    "sweep_halving": (("sweep_halving.json",), sweep_halving),
+    "sweep_samplers": (("sweep_samplers.json",), sweep_samplers),
+    "sweep_tiebreak": (("sweep_samplers.json", "sweep_samplers_tiebreak.json"), sweep_tiebreak),
+    "sweep_cost_front": (("sweep_cost_front.json",), sweep_cost_front),
+    "selection_streaming": (("selection_streaming.json",), selection_streaming),
+    "vision_colours": (("vision_colours.json",), vision_colours),
 }
-"""Table name (as the marker in docs/results.md spells it) -> its JSON files and renderer."""
+"""Table name (as the marker in a docs/ page spells it) -> its JSON files and renderer."""
 
 
 def render(name: str, directory: Path = HERE) -> list[str]:

@@ -8,9 +8,9 @@
 - ``docs/cli.md``: every command and option, from the parsers in ``raylsl/cli.py``.
 - ``docs/architectures.md``: the architecture table and what the matrix tests
   (``tests/models/architecture_cases.py``).
-- ``docs/results.md``: the tables between ``<!-- table: NAME -->`` and ``<!-- end table -->``,
-  rendered from ``benchmarks/*.json`` (``benchmarks/tables.py``); the prose around them is edited
-  by hand in that file.
+- ``docs/results.md`` and every other page with a ``<!-- table: NAME -->`` marker: the tables
+  between it and ``<!-- end table -->``, rendered from ``benchmarks/*.json``
+  (``benchmarks/tables.py``); the prose around them is edited by hand in that page.
 
 ``tests/test_docs.py`` fails when any of them is stale.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import os
 import re
@@ -168,12 +169,12 @@ def architectures() -> str:
 MARKED = re.compile(r"(<!-- table: (\w+) -->\n).*?(<!-- end table -->)", re.S)
 
 
-def results() -> str:
-    """``docs/results.md`` with every marked table rendered afresh from its benchmark JSON."""
+def measured(page: str) -> str:
+    """``docs/PAGE`` with every marked table rendered afresh from its benchmark JSON."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from tables import render
 
-    text = (DOCS / "results.md").read_text()
+    text = (DOCS / page).read_text()
     return MARKED.sub(lambda m: m[1] + "\n".join(render(m[2])) + "\n" + m[3], text)
 
 
@@ -181,7 +182,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "configuration.md": configuration,
     "cli.md": cli,
     "architectures.md": architectures,
-    "results.md": results,
+    **{page.name: functools.partial(measured, page.name) for page in sorted(DOCS.glob("*.md"))
+       if MARKED.search(page.read_text())},
 }
 """Each generated file under docs/ and the function that writes its text."""
 
