@@ -208,10 +208,23 @@ def memory_estimate(d: dict) -> list[str]:
     rows = [[f"{r['blocks']} ({r['layers']})", r["checkpointing"], r["loss_chunk"] or "off",
              f"{r['estimated_step_mb']:,.0f}", f"{r['measured_step_mb']:,.0f}", f"{r['step_error']:+.1%}"]
             for r in d["estimate"]]
-    budget = (f"{d['model']}, batch {d['batch']} x sequence {d['sequence']}, {d['steps']} steps after "
-              f"{d['warmup']}; each step's measured memory beside `raylsl estimate`'s figure for it")
+    budget = (f"{d['model']}, batch {d['batch']} x sequence {d['sequence']}, one step per row; its measured memory "
+              f"beside `raylsl estimate`'s figure for it")
     return [_on(d, budget, "memory_levers.json"), ""] + _table(
         ["blocks", "checkpointing", "loss chunk", "estimated step (MB)", "measured step (MB)", "error"], "lllrrr", rows)
+
+
+def memory_checkpointing(d: dict) -> list[str]:
+    rows = d["checkpointing"]
+    ref = next(r for r in rows if r["blocks"] == "all-30" and r["checkpointing"] == "full")
+    table = [[f"{r['blocks']} ({r['layers']})", r["checkpointing"], f"{r['step_s']:.2f}",
+              f"{r['step_s_min']:.2f}-{r['step_s_max']:.2f}", f"{r['step_s'] / ref['step_s']:.2f}",
+              f"{r['peak_step_mb']:,.0f}", f"{r['peak_step_mb'] / ref['peak_step_mb']:.2f}"] for r in rows]
+    budget = (f"{d['model']}, fp32, batch {d['batch']} x sequence {d['sequence']}, median of "
+              f"{rows[0]['timed_steps']} steps after {d['warmup']}, the rows' steps interleaved in one process; "
+              f"ratios to all 30 blocks with full checkpointing")
+    return [_on(d, budget, "memory_levers.json"), ""] + _table(
+        ["blocks", "checkpointing", "s/step", "range", "x", "step peak (MB)", "x"], "llrrrrr", table)
 
 
 def _front(trials: list[dict]) -> list[dict]:
@@ -338,6 +351,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "distributed_cost": (("distributed_cost.json",), distributed_cost),
     "generative_math": (("generative_math.json",), generative_math),
     "memory_load": (("memory_levers.json",), memory_load),
+    "memory_checkpointing": (("memory_levers.json",), memory_checkpointing),
     "memory_estimate": (("memory_levers.json",), memory_estimate),
     "sweep_front": (("sweep_pareto.json",), sweep_front),
     "sweep_hypervolume": (("sweep_pareto.json",), sweep_hypervolume),
