@@ -79,8 +79,9 @@ def run_session(a: Assembled, out_dir: Path, engine, checkpoints, rank: int = 0,
     if before is None and config.eval_before:
         before = evaluate_assembled(a, task.test, "eval before", progress, rank, world)
     tracker = _tracker(a, out_dir, before) if config.tracking != "none" and rank == 0 else None
+    # what rank 0 reports is what Tune and the results see: the other ranks skip the meta-device trace
     estimated = estimated_memory(config, a.device.type, list(a.plan.layers), world, bool(a.checkpointed),
-                                 a.plan.task.generative)
+                                 a.plan.task.generative) if rank == 0 else None
     periodic = PeriodicEval(a, checkpoints, eval_steps, rank, world, estimated) \
         if config.train.eval_every or eval_steps else None
     # dynamic first (its checkpointed state), the evaluation before the tracker (which logs it);
