@@ -169,10 +169,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         report = run.resume_sweep(args.resume, progress=not args.no_progress, break_lease=args.break_lease)
     else:
         source, overrides = found
-        report = run.sweep(source, {**parse_overrides(overrides), **_no_cache(args)}, trials=args.trials,
+        overrides = parse_overrides(overrides)
+        # a trial's runs live in the sweep directory: output_dir=X says where that directory goes
+        output_dir = overrides.pop("output_dir", None)
+        if output_dir is not None and args.output_dir is not None and str(output_dir) != args.output_dir:
+            raise RaylslError(f"output_dir={output_dir} and --output-dir {args.output_dir} disagree: give one")
+        report = run.sweep(source, {**overrides, **_no_cache(args)}, trials=args.trials,
                            concurrency=args.concurrency, workers_per_trial=args.workers_per_trial, smoke=args.smoke,
-                           output_dir=args.output_dir, name=args.name, progress=not args.no_progress,
-                           scheduler=args.scheduler)
+                           output_dir=args.output_dir or output_dir or "runs", name=args.name,
+                           progress=not args.no_progress, scheduler=args.scheduler)
     _print_report(report)
     return 0
 
@@ -302,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep")
     sweep.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     sweep.add_argument("--break-lease", action="store_true", help=break_lease)
-    sweep.add_argument("--output-dir", default="runs", help="where the sweep directory goes (default: runs)")
+    sweep.add_argument("--output-dir", help="where the sweep directory goes (default: runs; output_dir=DIR says the same)")
     sweep.add_argument("--name", help="sweep directory name (default: sweep-SPACE-TIME)")
     sweep.add_argument("--no-progress", action="store_true", help="no live trial table")
     sweep.set_defaults(func=cmd_sweep)

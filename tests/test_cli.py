@@ -114,6 +114,7 @@ def test_console_train_smoke_then_eval(tmp_path, task_file):
     ("parameters: {lora.r: {choices: [4]}}", ["--scheduler", "asha"],
      "--scheduler: scheduler='asha'; choose one of none, pareto_halving"),
     ("parameters: {lora.r: {choices: [4]}}", ["tracking=wandb"], "tracking"),
+    ("parameters: {lora.r: {choices: [4]}}", ["output_dir=elsewhere"], "disagree: give one"),
 ])
 def test_bad_sweep_input_is_one_clear_message(space, args, message, tmp_path, capsys):
     pytest.importorskip("optuna")
@@ -124,6 +125,21 @@ def test_bad_sweep_input_is_one_clear_message(space, args, message, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.startswith("raylsl: error: ") and len(err.strip().splitlines()) == 1
     assert not out_dir.exists()  # nothing half-written
+
+
+def test_an_output_dir_override_places_the_sweep_directory(tmp_path, monkeypatch):
+    """``output_dir=DIR``, as every other command takes it, says where the sweep directory goes
+    (it was passed to the trials, whose runs live in the sweep directory anyway, and ignored)."""
+    pytest.importorskip("optuna")
+    import raylsl.cli as cli
+    import raylsl.sweep.run as run
+
+    seen = {}
+    monkeypatch.setattr(run, "sweep", lambda source, overrides, **kw: seen.update(overrides=overrides, **kw))
+    monkeypatch.setattr(cli, "_print_report", lambda report: None)
+    assert main(["sweep", "search_spaces/smoke.yaml", f"output_dir={tmp_path}", "lora.r=2"]) == 0
+    assert seen["output_dir"] == str(tmp_path) and seen["overrides"] == {"lora.r": 2}
+    assert main(["sweep", "search_spaces/smoke.yaml", "lora.r=2"]) == 0 and seen["output_dir"] == "runs"
 
 
 def test_sweep_and_report_refuse_what_is_not_theirs(tmp_path, capsys):
