@@ -32,6 +32,7 @@ import torch
 
 from raylsl.config import RunConfig, parse_memory
 from raylsl.errors import RaylslError
+from raylsl.models.loading import unpartitioned
 
 GIB = 2**30
 MARGIN = 0.10
@@ -184,6 +185,7 @@ def target_device(config: RunConfig) -> Device | None:
 
 # --- the estimate --------------------------------------------------------------------------------
 
+@unpartitioned()
 def estimate(config: RunConfig, device: Device, layers: list[int] | None = None,
              target_tokens: int | None = None, generative: bool | None = None, table: bool = True) -> Estimate:
     """What ``config`` needs per device on ``device`` (see the module docstring).

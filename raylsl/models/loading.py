@@ -17,8 +17,9 @@ starts at the lowest block that trains.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -43,6 +44,22 @@ class LoadOptions:
     weights: str = "pretrained"
     sharded: bool = False
     """Loaded inside ZeRO-3's ``zero.Init``: partitioned as it loads, no device map."""
+
+
+@contextmanager
+def unpartitioned() -> Iterator[None]:
+    """Models built inside are whole, even in a ZeRO-3 worker: transformers builds every model in
+    ``zero.Init`` while an ``HfDeepSpeedConfig`` is alive, and ``zero.Init`` runs collectives, so
+    a model built on one rank only (the fit estimate's meta model, on rank 0) would wait forever
+    for the other ranks. Also usable as a decorator."""
+    from transformers.integrations import deepspeed
+
+    alive = deepspeed._hf_deepspeed_config_weak_ref
+    deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        deepspeed._hf_deepspeed_config_weak_ref = alive
 
 
 def resolve_dtype(settings: ModelSettings, device: torch.device, precision: str = "auto") -> torch.dtype:

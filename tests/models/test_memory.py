@@ -129,6 +129,29 @@ def test_auto_checkpointing_turns_on_only_where_the_run_needs_it():
     assert check_fit(auto, None) is None  # Ray workers decide against their own device
 
 
+def test_a_zero3_worker_estimates_the_whole_model_without_collectives():
+    """In a ZeRO-3 worker an ``HfDeepSpeedConfig`` is alive, and transformers then builds every
+    model inside ``zero.Init``, whose collectives waited forever when only rank 0 estimated (a CI
+    hang). The estimate builds its meta model whole: the same figure as outside a worker, no
+    distributed init (in this one process without a process group ``zero.Init`` raises), and the
+    worker's config is alive again afterwards."""
+    pytest.importorskip("deepspeed")
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    config = load_config(None, ["model=tiny-llama", "layers=1-3", "workers=2", "deepspeed=zero3"])
+    outside = estimate(config, Device("cpu", GIB, 2), table=False).configured.total
+    alive = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        assert is_deepspeed_zero3_enabled()
+        inside = estimate(config, Device("cpu", GIB, 2), table=False).configured.total
+        assert is_deepspeed_zero3_enabled()
+    finally:
+        unset_hf_deepspeed_config()
+        del alive
+    assert inside == outside
+
+
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
     """Every family of the matrix as a model directory holding its tiny config alone."""
