@@ -1,6 +1,7 @@
 """The measured tables of ``docs/``, rendered from the JSON the benchmark scripts write.
 
-Each entry of `TABLES` names its JSON file(s) and a function from the loaded JSON to Markdown
+Each entry of `TABLES` names its JSON file(s) (or, for the reproduction grid, which writes one
+file per configuration, the directory of them) and a function from the loaded JSON to Markdown
 lines: the first says what the figures were measured on and at what budget, the rest are the table.
 ``python docs/generate.py`` puts each rendering between the ``<!-- table: NAME -->`` and
 ``<!-- end table -->`` markers of any page under ``docs/``, so a rerun benchmark updates its table
@@ -336,6 +337,78 @@ def vision_colours(d: dict) -> list[str]:
         "llrrrrrr", rows)
 
 
+_NAMES = {"cka": "CKA", "ist": "IST", "lisa": "LISA", "flexora": "Flexora"}
+_DYNAMIC = {"ist": "chosen by importance", "lisa": "resampled uniformly", "flexora": "chosen by search"}
+
+
+def _repeats(values: list[str]) -> str:
+    """``0.61, 0.61, 0.61, 0.76`` as ``0.61 x3, 0.76``."""
+    runs: list[list] = []
+    for v in values:
+        if runs and runs[-1][0] == v:
+            runs[-1][1] += 1
+        else:
+            runs.append([v, 1])
+    return ", ".join(v if n == 1 else f"{v} x{n}" for v, n in runs)
+
+
+def reproduce_arms(records: list[dict], budget: str, row: str, machine: str, curve: bool = False) -> list[str]:
+    """One row of a `benchmarks/reproduce.py` grid from its per-configuration files: every arm's
+    test accuracy over the seeds (mean ± half-range) and its 95% paired bootstrap difference to
+    all blocks (`reproduce.paired_difference`, as ``--table`` computes it); arms grouped by block
+    fraction, best first within a group. ``curve`` adds the first seed's validation curve."""
+    from reproduce import GRIDS, headline, paired_difference
+
+    arms: dict[str, dict[int, dict]] = {}
+    for r in records:
+        if r["row"] == row:
+            arms.setdefault(r["arm"], {})[r["seed"]] = r
+    base = arms["all"]
+    metric = headline(next(iter(base.values())))
+    seeds = len(base)
+
+    def mean(runs):
+        return statistics.fmean(r["after"][metric] for r in runs.values())
+
+    def fraction(arm):
+        return float(arm.split()[-1].rstrip("%")) if arm != "all" else 100.0
+
+    order = sorted(arms, key=lambda arm: (-fraction(arm), -mean(arms[arm])))
+    rows = []
+    for arm in order:
+        runs = arms[arm]
+        first = runs[min(runs)]
+        after = [r["after"][metric] for r in runs.values()]
+        accuracy = f"{statistics.fmean(after):.3f}" + (f" ± {(max(after) - min(after)) / 2:.3f}" if len(after) > 1 else "")
+        diff = paired_difference(runs, base, metric) if arm != "all" else None
+        minus = "" if diff is None else f"{diff['diff']:+.3f}" + (
+            f" [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]" if diff["ci"] else "")
+        selector, _, share = arm.partition(" ")
+        dynamic = first["dynamic"]
+        if dynamic:
+            per_step = round(dynamic["adapter_params_updated_per_step"] * len(first["layers"])
+                             / dynamic["adapter_params_existing"])
+            blocks = f"{per_step} per step, {_DYNAMIC.get(selector, 'dynamic')}"
+            params = f"{dynamic['adapter_params_updated_per_step']:,.0f} per step"
+        else:
+            blocks, params = _blocks(first["layers"], ", "), f"{first['params']['adapter']:,}"
+        cells = [f"{_NAMES.get(selector, selector)} {share}".strip(), blocks, params, accuracy, minus]
+        if curve:
+            cells.append(_repeats([f"{c['val_' + metric]:.2f}" for c in first["curve"]]))
+        rows.append(cells)
+    what = next(g.what for g in GRIDS[budget] if g.name == row)
+    n = next(iter(base.values()))["after"]["n"]
+    overrides = next(iter(base.values()))["overrides"]
+    header = ["arm", "blocks", "adapter params", f"test {metric} ({seeds} seed{'s' * (seeds > 1)}"
+              + (", mean ± half-range)" if seeds > 1 else ")"), "minus all (95% paired bootstrap)"]
+    if curve:
+        steps = [c["step"] for c in next(iter(base.values()))["curve"]]
+        header.append(f"validation {metric} at steps {steps[0]}, {steps[1]}, ..., {steps[-1]}")
+    where = f"_Measured on {machine}; budget `{budget}`, {row}: {what}, lr {overrides['train.lr']:g}, test n={n} " \
+            f"(`benchmarks/reproduce/{budget}/{row}/`)._"
+    return [where, ""] + _table(header, "llrll" + "l" * curve, rows)
+
+
 TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "peer_step_time": (("peer_step_time.json", "peer_step_time_h100.json"), peer_step_time),
     "eval_speed": (("eval_speed.json",), eval_speed),
@@ -361,6 +434,14 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "sweep_cost_front": (("sweep_cost_front.json",), sweep_cost_front),
     "selection_streaming": (("selection_streaming.json",), selection_streaming),
     "vision_colours": (("vision_colours.json",), vision_colours),
+    "reproduce_encoder_gpu": (("reproduce/gpu-long/encoder",), functools.partial(
+        reproduce_arms, budget="gpu-long", row="encoder",
+        machine="one NVIDIA H200 (torch 2.11 + CUDA 13, bf16 frozen base, fp16-rounded weights)")),
+    "reproduce_encoder_cpu": (("reproduce/cpu/encoder",), functools.partial(
+        reproduce_arms, budget="cpu", row="encoder", machine=CPU, curve=True)),
+    "reproduce_decoder_gpu": (("reproduce/gpu-decoder/decoder",), functools.partial(
+        reproduce_arms, budget="gpu-decoder", row="decoder",
+        machine="one NVIDIA H100 80GB (torch 2.11 + CUDA 13, bf16 frozen base)")),
 }
 """Table name (as the marker in a docs/ page spells it) -> its JSON files and renderer."""
 
@@ -368,10 +449,18 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
 def render(name: str, directory: Path = HERE) -> list[str]:
     """Table ``name`` from the JSON in ``directory``; a note instead when a file or a section is missing."""
     files, renderer = TABLES[name]
-    missing = [f for f in files if not (directory / f).is_file()]
+    missing = [f for f in files if not (directory / f).exists()]
     if missing:
         return [f"_Not measured yet: `benchmarks/{missing[0]}` does not exist (run `benchmarks/{name}.py`)._"]
     try:
-        return renderer(*(json.loads((directory / f).read_text()) for f in files))
+        return renderer(*(_load(directory / f) for f in files))
     except (KeyError, TypeError, StopIteration) as exc:
         return [f"_Not measured yet: `benchmarks/{files[0]}` has no {exc} (rerun `benchmarks/{name}.py`)._"]
+
+
+def _load(path: Path) -> Any:
+    """A benchmark's JSON file, or for a directory (a grid that writes one file per configuration)
+    the list of its files' records."""
+    if path.is_dir():
+        return [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))]
+    return json.loads(path.read_text())

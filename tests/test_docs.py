@@ -5,6 +5,7 @@ checked the same way), and every relative link and image resolves."""
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shlex
 import subprocess
@@ -104,3 +105,18 @@ def test_generate_check_is_one_command():
     out = subprocess.run([sys.executable, str(ROOT / "docs" / "generate.py"), "--check"], capture_output=True,
                          text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_reproduce_tables_agree_with_the_grid_scripts_own_verdicts():
+    """The generated reproduce tables read the per-configuration files; their differences to all
+    blocks must be the ones `reproduce.py --table` wrote into its verdict file for the same budget."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from tables import render
+
+    lines = render("reproduce_encoder_gpu")
+    claims = json.loads((ROOT / "benchmarks" / "reproduce" / "gpu-long.json").read_text())["claims"]
+    for arm, claim in (("CKA 50%", claims[0]), ("activation 50%", claims[1])):
+        row = next(line for line in lines if line.startswith(f"| {arm} |"))
+        c = claim["comparisons"][0]
+        assert row.endswith(f"| {c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] |"), (row, c)
+    assert sum(line.startswith("| ") for line in lines) == 1 + 9  # the header and nine arms
