@@ -90,21 +90,42 @@ def test_random_weights_are_seeded_and_need_only_the_config(tmp_path):
         spec.load()  # pretrained weights are not there
 
 
-def test_a_qlora_run_trains_on_cpu_and_its_adapter_loads_on_the_unquantized_base(tiny_config):
+def _llama_in_blocks_of_64(target: Path) -> str:
+    """tiny-llama's shape with every linear's sizes a multiple of 64, as every real model's are: on
+    a CPU with AVX512-BF16, bitsandbytes (0.50) repacks 4-bit weights for evaluation in blocks of 64
+    input features, and fails on tiny-llama's 32 (found on such a CI machine)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from raylsl.models.registry import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                         initializer_range=0.2)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def test_a_qlora_run_trains_on_cpu_and_its_adapter_loads_on_the_unquantized_base(tiny_config, tmp_path):
     pytest.importorskip("bitsandbytes")
     from peft import PeftModel
     from safetensors.torch import load_file
 
     from raylsl.recipes.train import train
 
-    config = tiny_config(**{"model.quantization": "4bit", "model.dtype": "bfloat16", "layers": "2-3",
-                            "train.steps": 8})
+    model = _llama_in_blocks_of_64(tmp_path / "llama64")
+    config = tiny_config(**{"model": model, "model.quantization": "4bit", "model.dtype": "bfloat16",
+                            "layers": "2-3", "train.steps": 8})
     results = train(config, progress=False)
     losses = [json.loads(line)["loss"] for line in (Path(results["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert results["adapted_blocks"] == [2, 3] and sum(losses[-3:]) < sum(losses[:3])
     adapter = Path(results["run_dir"]) / "adapter"
     trained = load_file(adapter / "adapter_model.safetensors")
-    base, _ = resolve_model("tiny-llama").load(load_options(ModelSettings(dtype="bfloat16"), CPU))
+    base, _ = resolve_model(model).load(load_options(ModelSettings(dtype="bfloat16"), CPU))
     reloaded = PeftModel.from_pretrained(base, adapter)  # plain peft, no bitsandbytes in the way
     state = {k.replace(".default", ""): v for k, v in reloaded.state_dict().items() if "lora_" in k}
     assert state.keys() == trained.keys()
