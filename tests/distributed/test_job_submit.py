@@ -85,6 +85,7 @@ def test_job_submit_trains_and_sweeps_through_the_cluster(local_head, tmp_path, 
     assert swept.complete and (swept.trials["status"] == "TERMINATED").all() and len(swept.trials) == 3
 
 
+@pytest.mark.long
 def test_train_after_a_head_stopped_starts_its_own_ray(local_head, tmp_path, task_file):
     """A stopped head stays recorded on the machine; without RAY_ADDRESS raylsl must not dial it."""
     _, env, stop = local_head

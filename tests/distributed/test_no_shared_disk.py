@@ -69,8 +69,10 @@ def _adapter(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name, extra", [
     ("ddp", ["model={root}/my-model", "tracking=tensorboard"]),  # a model directory only the driver has: shipped through Ray
-    ("zero2", ["deepspeed={root}/zero2.json", "tracking=mlflow"]),  # a DeepSpeed file only the driver has: read there
-    ("ist", ["selector=ist", "layers=all", "ist.n_update=2", "ist.interval=2", "ist.probe_batch_size=4"]),
+    # a DeepSpeed file only the driver has: read there
+    pytest.param("zero2", ["deepspeed={root}/zero2.json", "tracking=mlflow"], marks=pytest.mark.long),
+    pytest.param("ist", ["selector=ist", "layers=all", "ist.n_update=2", "ist.interval=2", "ist.probe_batch_size=4"],
+                 marks=pytest.mark.long),
 ])
 def test_train_in_workers_with_s3_storage(cluster, name, extra):
     nodes, s3, root, task = cluster
@@ -169,6 +171,7 @@ def _space(root: Path, task: Path, trials: int) -> Path:
     return space
 
 
+@pytest.mark.long
 def test_sweep_in_workers_with_s3_storage_survives_a_killed_driver(cluster, monkeypatch):
     """A 3-trial sweep whose trials each train in 2 Ray Train workers, its storage in the bucket;
     the driver is killed after the first trial finishes and the sweep is resumed from the URI."""

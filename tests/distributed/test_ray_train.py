@@ -93,6 +93,7 @@ def _kill_one_worker_after_first_checkpoint(storage: Path, killed: list) -> None
         time.sleep(0.05)
 
 
+@pytest.mark.long
 def test_killed_worker_resumes_from_checkpoint_and_matches(two_workers):
     run, first = two_workers
     root = Path(first["run_dir"]).parent

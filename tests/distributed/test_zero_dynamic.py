@@ -105,7 +105,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("selector", ["ist", "lisa"])
+@pytest.mark.parametrize("selector", ["ist", pytest.param("lisa", marks=pytest.mark.long)])
 def test_inactive_blocks_are_bit_identical_under_zero(selector, tmp_path, monkeypatch):
     pytest.importorskip("deepspeed")
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")

@@ -304,7 +304,8 @@ def _finished(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "tune").glob("*/checkpoint_*/results.json"))
 
 
-@pytest.mark.parametrize("interrupt", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed-driver"])
+@pytest.mark.parametrize("interrupt", [pytest.param(signal.SIGINT, marks=pytest.mark.long), signal.SIGKILL],
+                         ids=["ctrl-c", "killed-driver"])
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, interrupt):
     space = write_space(tmp_path, trials=6)
     run_dir = tmp_path / "r"
