@@ -3,6 +3,7 @@
     python benchmarks/sweep_cost_front.py            # SmolLM2-135M on sarcasm, benchmarks/sweep_cost_space.yaml
     python benchmarks/sweep_cost_front.py --smoke    # tiny-llama, 3 tiny trials: checks the script, measures nothing
     python benchmarks/sweep_cost_front.py --from-run runs/bench-cost-...   # summarise a finished sweep again
+    python benchmarks/sweep_cost_front.py --from-run runs/bench-cost-... --repeats 3   # + run-to-run spread
 
 Runs one 3-objective sweep (validation accuracy up, peak memory down, step time down) over block
 sets that differ in position as well as count, then cuts the same trials twice: on (val acc,
@@ -10,7 +11,10 @@ trainable parameters) and on (val acc, peak memory). Prints both fronts, which t
 and not the other, and, for each parameter-front member, the memory and step time that the
 memory front's best answer at equal or better accuracy needs (its ratio). Error bars: accuracy as
 95% bootstrap intervals over the validation examples (`SweepReport.recommend`), step time as each
-trial's interquartile range over its timed steps (``step_time_spread``). Writes
+trial's interquartile range over its timed steps (``step_time_spread``); with ``--repeats K``, also
+the run-to-run spread: three designed configurations (all blocks, the first and the last quarter,
+r8) trained K more times each from the sweep's base config, their step times and peak memory
+compared between runs. Writes
 ``benchmarks/sweep_cost_front.json`` and ``.png`` (the two fronts side by side) and
 ``sweep_cost_front_pairs.png`` (the sweep's own 3-objective pairwise projections).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -116,6 +121,35 @@ def figure(report: SweepReport, cut: dict, path: Path) -> None:
     plt.close(fig)
 
 
+REPEATED = {"all r8": {"selector": "all", "lora.r": 8}, "first 25% r8": {"selector": "first", "n": 0.25, "lora.r": 8},
+            "last 25% r8": {"selector": "last", "n": 0.25, "lora.r": 8}}
+"""What ``--repeats`` trains again: heuristic selectors (no scoring between runs), a designed pair."""
+
+
+def repeat_runs(run_dir: Path, k: int) -> dict:
+    """Each of `REPEATED` trained ``k`` times with the sweep's base config, one after another: the
+    step time's run-to-run spread ((max - min) / median over the runs), against the differences
+    between the configurations that a front ranks on."""
+    from raylsl.config import load_config
+    from raylsl.recipes.train import train
+
+    out: dict = {}
+    for name, overrides in REPEATED.items():
+        runs = []
+        for i in range(k):
+            config = load_config(run_dir / "base_config.yaml",
+                                 {**overrides, "output_dir": str(run_dir / "repeats"), "name": f"{name.replace(' ', '-')}-{i}"})
+            costs = train(config, progress=False)["train"]["costs"]
+            runs.append({"step_time": costs["step_time"], "peak_memory": costs["peak_memory"],
+                         "step_time_spread": costs.get("step_time_spread")})
+            print(f"repeat {name} #{i}: step {costs['step_time']:.3f} s, peak {costs['peak_memory'] / 2**20:.0f} MiB", flush=True)
+        times = [r["step_time"] for r in runs]
+        out[name] = {"runs": runs, "step_time_median": float(np.median(times)),
+                     "step_time_run_to_run": float((max(times) - min(times)) / np.median(times)),
+                     "peak_memory_identical": len({r["peak_memory"] for r in runs}) == 1}
+    return out
+
+
 def intervals(report: SweepReport) -> SweepReport:
     """Each finished trial's 95% bootstrap interval of its validation accuracy (``val_ci_low``/``_high``)."""
     from raylsl.report import _interval, _per_example, _ratio
@@ -139,8 +173,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny-llama, 3 tiny trials: checks the script only")
     parser.add_argument("--from-run", metavar="SWEEP_DIR", help="summarise a finished sweep instead of running one")
     parser.add_argument("--eps", type=float, default=0.02, help="accuracy margin of the recommendations (default 0.02)")
+    parser.add_argument("--repeats", type=int, default=0, metavar="K",
+                        help="also train three designed configurations K times each: the run-to-run step-time spread")
+    parser.add_argument("--machine", default="cpu (2 cores)", help="what the figures were measured on, for the JSON")
     args = parser.parse_args()
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), os.getloadavg()
     run_dir = Path(args.from_run) if args.from_run else run(Path(args.space), args.smoke)
     report = intervals(load(run_dir))
     cut = fronts(report)
@@ -155,13 +192,14 @@ def main() -> None:
             "train_time_s"]
     complete = report.complete
     result = {
-        "smoke": args.smoke, "finished_trials": int(len(done)), "complete": complete, "run_dir": str(run_dir), "device": "cpu (2 cores shared with other work)",
+        "smoke": args.smoke, "finished_trials": int(len(done)), "complete": complete, "run_dir": str(run_dir),
+        "device": args.machine,
         "budget": {"trials": settings["trials"], **{k: v for k, v in space["set"].items()},
-                   "note": f"{len(done)} of {settings['trials']} planned trials finished (the issue asks ~24), "
-                           f"{space['set']['train.steps']} steps per trial: what fits ~30 min of a shared 2-core "
-                           f"CPU; accuracies after so few steps are early-training accuracies"
-                           + ("" if complete else "; the sweep was interrupted (Ctrl-C) when its time budget ran "
-                              "out, the unfinished trials are not counted")},
+                   "note": f"{len(done)} of {settings['trials']} planned trials finished, "
+                           f"{space['set']['train.steps']} steps per trial, one at a time; accuracies after so few "
+                           f"steps are early-training accuracies"
+                           + ("" if complete else "; the sweep was interrupted (Ctrl-C), the unfinished trials are "
+                              "not counted")},
         "wall_time_s": settings.get("wall_time_s"), "benchmark_wall_s": time.perf_counter() - started,
         "peak_memory_source": "torch_live_bytes (weights + the warm-up steps' peak of live tensor bytes)",
         "trials": json.loads(done[keep].to_json(orient="records")),
@@ -170,6 +208,9 @@ def main() -> None:
         "recommend_by_params": by_params["text"], "recommend_by_memory": by_memory["text"],
         "front_md": report.front_table(),
     }
+    if args.repeats:
+        result["repeats"] = repeat_runs(run_dir, args.repeats)
+    result["load_average"] = {"start": load_start, "end": os.getloadavg()}
     out_json.write_text(json.dumps(result, indent=2))
     if not args.smoke:
         figure(report, cut, HERE / "sweep_cost_front.png")
@@ -191,6 +232,9 @@ def main() -> None:
               f"{p['step_time_ratio']:.2f}x step time, val acc {100 * p['val_acc_diff']:+.1f} points")
     print(by_params["text"])
     print(by_memory["text"])
+    for name, r in result.get("repeats", {}).items():
+        print(f"  {name}: median step {r['step_time_median']:.3f} s over {len(r['runs'])} runs, run-to-run spread "
+              f"{r['step_time_run_to_run']:.0%}, peak memory identical: {r['peak_memory_identical']}")
     print(f"wrote {out_json}")
 
 
