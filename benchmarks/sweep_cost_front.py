@@ -137,8 +137,9 @@ def repeat_runs(run_dir: Path, k: int) -> dict:
     for name, overrides in REPEATED.items():
         runs = []
         for i in range(k):
-            config = load_config(run_dir / "base_config.yaml",
-                                 {**overrides, "output_dir": str(run_dir / "repeats"), "name": f"{name.replace(' ', '-')}-{i}"})
+            config = load_config(run_dir / "base_config.yaml",  # layers=all: the selector chooses, as in a trial
+                                 {**overrides, "layers": "all", "output_dir": str(run_dir / "repeats"),
+                                  "name": f"{name.replace(' ', '-')}-{i}"})
             costs = train(config, progress=False)["train"]["costs"]
             runs.append({"step_time": costs["step_time"], "peak_memory": costs["peak_memory"],
                          "step_time_spread": costs.get("step_time_spread")})
