@@ -137,10 +137,15 @@ def repeat_runs(run_dir: Path, k: int) -> dict:
     for name, overrides in REPEATED.items():
         runs = []
         for i in range(k):
-            config = load_config(run_dir / "base_config.yaml",  # layers=all: the selector chooses, as in a trial
-                                 {**overrides, "layers": "all", "output_dir": str(run_dir / "repeats"),
-                                  "name": f"{name.replace(' ', '-')}-{i}"})
-            costs = train(config, progress=False)["train"]["costs"]
+            label = f"{name.replace(' ', '-').replace('%', 'pct')}-{i}"
+            done = run_dir / "repeats" / label / "results.json"
+            if done.is_file():  # a rerun keeps the repeats that finished
+                costs = json.loads(done.read_text())["train"]["costs"]
+            else:
+                config = load_config(run_dir / "base_config.yaml",  # layers=all: the selector chooses, as in a trial
+                                     {**overrides, "layers": "all", "output_dir": str(run_dir / "repeats"),
+                                      "name": label})
+                costs = train(config, progress=False)["train"]["costs"]
             runs.append({"step_time": costs["step_time"], "peak_memory": costs["peak_memory"],
                          "step_time_spread": costs.get("step_time_spread")})
             print(f"repeat {name} #{i}: step {costs['step_time']:.3f} s, peak {costs['peak_memory'] / 2**20:.0f} MiB", flush=True)

@@ -43,8 +43,11 @@ class Storage:
         if not is_remote(text):
             text = str(Path(text.removeprefix("file://")).expanduser().resolve())
         self.uri = text.rstrip("/") or text
+        if not is_remote(self.uri):  # a local path as it is: a file:// URI would need '%' and '#' escaped
+            self.fs, self.root = pyarrow.fs.LocalFileSystem(), self.uri
+            return
         try:
-            self.fs, self.root = pyarrow.fs.FileSystem.from_uri(self.uri if is_remote(self.uri) else "file://" + self.uri)
+            self.fs, self.root = pyarrow.fs.FileSystem.from_uri(self.uri)
         except OSError as exc:  # e.g. the bucket's region cannot be looked up
             raise StorageError(f"cannot reach storage {self.uri}: {str(exc).strip().splitlines()[0]}.{_hint(self.uri)}") from None
         except (ValueError, TypeError) as exc:
