@@ -305,15 +305,30 @@ def sweep_tiebreak(before: dict, after: dict) -> list[str]:
 
 def sweep_cost_front(d: dict) -> list[str]:
     trials = sorted((t for t in d["trials"] if t["status"] == "TERMINATED"), key=lambda t: -t["trainable_params"])
-    rows = [[t["selector"], t["blocks"].split(" (")[0], f"{t['trainable_params']:,.0f}",
+    rows = [[t["selector"], t["blocks"].split(" (")[0], int(t["rank"]), f"{t['trainable_params']:,.0f}",
              f"{t['val_acc']:.3f} [{t['val_ci_low']:.3f}, {t['val_ci_high']:.3f}]", f"{t['peak_memory'] / 2**20:.0f}",
              f"{t['estimated_memory'] / 2**20:.0f}", f"{t['step_time']:.2f}", f"{t['step_time_spread']:.0%}"]
             for t in trials]
     b = d["budget"]
     budget = f"{len(trials)} of {b['trials']} trials, {b['train.steps']} steps x batch {b['train.batch_size']}"
     return [_on(d, budget, "sweep_cost_front.json"), ""] + _table(
-        ["trial", "blocks", "params", "val acc [95% CI]", "peak memory (MiB)", "estimate (MiB)", "step time (s)",
-         "step IQR / median"], "llllllll", rows)
+        ["trial", "blocks", "r", "params", "val acc [95% CI]", "peak memory (MiB)", "estimate (MiB)", "step time (s)",
+         "step IQR / median"], "lllllllll", rows)
+
+
+def sweep_cost_repeats(d: dict) -> list[str]:
+    reps = d["repeats"]
+    base = reps["all r8"]["step_time_median"]
+    rows = [[name, ", ".join(f"{r['step_time']:.2f}" for r in rep["runs"]), f"{rep['step_time_median']:.2f}",
+             f"{rep['step_time_run_to_run']:.0%}", f"{rep['step_time_median'] / base:.2f}",
+             f"{rep['runs'][0]['peak_memory'] / 2**20:.0f}" + ("" if rep["peak_memory_identical"] else " (varies)")]
+            for name, rep in reps.items()]
+    runs = len(next(iter(reps.values()))["runs"])
+    return [_on(d, f"each configuration trained {runs} times one after another, the sweep's base config "
+                   f"({d['budget']['train.steps']} steps x batch {d['budget']['train.batch_size']})",
+                "sweep_cost_front.json"), ""] + _table(
+        ["configuration", "step time per run (s)", "median", "run to run (max - min) / median", "median vs all r8",
+         "peak memory (MiB, every run)"], "lllrrr", rows)
 
 
 def selection_streaming(d: dict) -> list[str]:
@@ -432,6 +447,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
     "sweep_samplers": (("sweep_samplers.json",), sweep_samplers),
     "sweep_tiebreak": (("sweep_samplers.json", "sweep_samplers_tiebreak.json"), sweep_tiebreak),
     "sweep_cost_front": (("sweep_cost_front.json",), sweep_cost_front),
+    "sweep_cost_repeats": (("sweep_cost_front.json",), sweep_cost_repeats),
     "selection_streaming": (("selection_streaming.json",), selection_streaming),
     "vision_colours": (("vision_colours.json",), vision_colours),
     "reproduce_encoder_gpu": (("reproduce/gpu-long/encoder",), functools.partial(
