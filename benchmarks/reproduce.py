@@ -322,6 +322,18 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict], metric: str, n_boo
     return {"diff": diff, "ci": (float(low), float(high)), "seeds": seeds, "n": n}
 
 
+def mean_and_spread(values: list[float]) -> str:
+    """``0.922 ± 0.002``: the mean over seeds and half their range (the mean alone for one seed)."""
+    return f"{np.mean(values):.3f}" + (f" ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else "")
+
+
+def difference_text(d: dict | None) -> str:
+    """A `paired_difference` as ``-0.015 [-0.029, -0.002]`` (no interval where it has none)."""
+    if d is None:
+        return ""
+    return f"{d['diff']:+.3f}" + (f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else "")
+
+
 def verdict(claim: Claim, results: dict) -> dict:
     arms = results.get(claim.row, {})
     if claim.arm not in arms or any(v not in arms for v in claim.versus):
@@ -362,25 +374,19 @@ def table(budget: str) -> str:
                 continue
             runs = arms[arm]
             after = [r["after"][metric] for r in runs.values()]
-            spread = (max(after) - min(after)) / 2 if len(after) > 1 else float("nan")
-            diff = paired_difference(runs, base, metric) if base and arm != "all" else None
-            minus = "" if diff is None else (f"{diff['diff']:+.3f}" + (f" [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]"
-                                                                      if diff["ci"] else ""))
+            minus = difference_text(paired_difference(runs, base, metric) if base and arm != "all" else None)
             first = runs[min(runs)]
             curve = " ".join(f"{c['step']}:{c.get('val_' + metric, float('nan')):.2f}" for c in first["curve"])
             blocks = first["dynamic"] and f"{arm.split()[0]} (dynamic)" or _layers(first["layers"])
             befores = [r["before"][metric] for a in arms.values() for r in a.values() if r.get("before")]
             lines.append(f"| {arm} | {blocks} | {first['params']['adapter']:,} | {len(runs)} "
                          f"| {np.mean(befores) if befores else float('nan'):.3f} "
-                         f"| {np.mean(after):.3f}" + (f" ± {spread:.3f}" if not math.isnan(spread) else "")
-                         + f" | {minus} | {curve} | {np.mean([train_seconds(r) for r in runs.values()]) / 60:.1f} |")
+                         f"| {mean_and_spread(after)} | {minus} | {curve} | {np.mean([train_seconds(r) for r in runs.values()]) / 60:.1f} |")
         lines.append("")
     lines += ["## Claims", "", "| claim | source | verdict | numbers |", "|---|---|---|---|"]
     verdicts = [verdict(c, results) for c in CLAIMS]
     for v in verdicts:
-        numbers = "; ".join(f"vs {c['versus']}: {c['diff']:+.3f}" + (f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
-                                                                     if c["ci"] else "") + f" ({len(c['seeds'])} seeds)"
-                            for c in v["comparisons"])
+        numbers = "; ".join(f"vs {c['versus']}: {difference_text(c)} ({len(c['seeds'])} seeds)" for c in v["comparisons"])
         lines.append(f"| {v['claim']} | {v.get('source', '')} | {v['verdict']} | {numbers} |")
     text = "\n".join(lines) + "\n"
     plot_curves(budget, results)

@@ -372,14 +372,15 @@ def reproduce_arms(records: list[dict], budget: str, row: str, machine: str, cur
     test accuracy over the seeds (mean ± half-range) and its 95% paired bootstrap difference to
     all blocks (`reproduce.paired_difference`, as ``--table`` computes it); arms grouped by block
     fraction, best first within a group. ``curve`` adds the first seed's validation curve."""
-    from reproduce import GRIDS, headline, paired_difference
+    from reproduce import GRIDS, difference_text, headline, mean_and_spread, paired_difference
 
     arms: dict[str, dict[int, dict]] = {}
     for r in records:
         if r["row"] == row:
             arms.setdefault(r["arm"], {})[r["seed"]] = r
     base = arms["all"]
-    metric = headline(next(iter(base.values())))
+    reference = base[min(base)]
+    metric = headline(reference)
     seeds = len(base)
 
     def mean(runs):
@@ -393,11 +394,8 @@ def reproduce_arms(records: list[dict], budget: str, row: str, machine: str, cur
     for arm in order:
         runs = arms[arm]
         first = runs[min(runs)]
-        after = [r["after"][metric] for r in runs.values()]
-        accuracy = f"{statistics.fmean(after):.3f}" + (f" ± {(max(after) - min(after)) / 2:.3f}" if len(after) > 1 else "")
-        diff = paired_difference(runs, base, metric) if arm != "all" else None
-        minus = "" if diff is None else f"{diff['diff']:+.3f}" + (
-            f" [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]" if diff["ci"] else "")
+        accuracy = mean_and_spread([r["after"][metric] for r in runs.values()])
+        minus = difference_text(paired_difference(runs, base, metric) if arm != "all" else None)
         selector, _, share = arm.partition(" ")
         dynamic = first["dynamic"]
         if dynamic:
@@ -412,12 +410,11 @@ def reproduce_arms(records: list[dict], budget: str, row: str, machine: str, cur
             cells.append(_repeats([f"{c['val_' + metric]:.2f}" for c in first["curve"]]))
         rows.append(cells)
     what = next(g.what for g in GRIDS[budget] if g.name == row)
-    n = next(iter(base.values()))["after"]["n"]
-    overrides = next(iter(base.values()))["overrides"]
+    n, overrides = reference["after"]["n"], reference["overrides"]
     header = ["arm", "blocks", "adapter params", f"test {metric} ({seeds} seed{'s' * (seeds > 1)}"
               + (", mean ± half-range)" if seeds > 1 else ")"), "minus all (95% paired bootstrap)"]
     if curve:
-        steps = [c["step"] for c in next(iter(base.values()))["curve"]]
+        steps = [c["step"] for c in reference["curve"]]
         header.append(f"validation {metric} at steps {steps[0]}, {steps[1]}, ..., {steps[-1]}")
     where = f"_Measured on {machine}; budget `{budget}`, {row}: {what}, lr {overrides['train.lr']:g}, test n={n} " \
             f"(`benchmarks/reproduce/{budget}/{row}/`)._"
